@@ -1,0 +1,1 @@
+"""Shard schema and WebDataset readers and writers."""

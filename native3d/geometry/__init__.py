@@ -1,0 +1,1 @@
+"""Per-object geometry: loading, normalization, signed distance, sampling, triplanes, rendering."""
