@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny shard sizes and folders of real meshes from pybullet_data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pybullet_data
+import pytest
+
+from native3d.data.schema import Sizes
+
+# Small, varied real meshes: a cube, a mug, a table, overlapping convex parts, a duck.
+REAL_MESHES = (
+    "cube.obj",
+    "objects/mug_col.obj",
+    "table_square/table.obj",
+    "random_urdfs/472/472.obj",
+    "random_urdfs/661/661.obj",
+    "duck_vhacd.obj",
+)
+
+
+def pybullet_mesh(relative: str) -> Path:
+    return Path(pybullet_data.getDataPath()) / relative
+
+
+@pytest.fixture
+def tiny_sizes() -> Sizes:
+    return Sizes(surface_points=256, grid_resolution=16, query_points=512, views=1, view_size=32)
+
+
+@pytest.fixture
+def real_mesh_folder(tmp_path: Path) -> Path:
+    """A folder of real meshes (copied from pybullet_data) plus three broken files."""
+    root = tmp_path / "meshes"
+    for relative in REAL_MESHES:
+        target = root / relative.replace("/", "_")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pybullet_mesh(relative), target)
+    (root / "broken").mkdir()
+    (root / "broken" / "empty.stl").write_bytes(b"")
+    (root / "broken" / "corrupt.glb").write_bytes(os.urandom(512))
+    (root / "broken" / "points.ply").write_text(
+        "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+        "end_header\n0 0 0\n1 0 0\n0 1 0\n"
+    )
+    return root
