@@ -1,0 +1,172 @@
+"""The WebDataset DataModule that every training run reads shard sets through.
+
+Training streams resampled shards: the rank's share of the shards (rank and world size taken
+from the trainer or torch.distributed, never from environment variables alone, which Lightning
+does not set for spawned processes), split again over loader workers, shuffled in a buffer, with a
+seed that differs per rank, worker and epoch. Each rank yields exactly `batches_per_epoch` batches,
+so DDP ranks never wait on each other at the end of an epoch. Validation reads every sample once,
+in order, split over ranks and workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from native3d.data.shards import ShardIndex, decode_sample, load_index
+
+log = logging.getLogger(__name__)
+
+ARRAY_FIELDS = {"surface.npy": "surface", "sdf.npy": "sdf", "query.npy": "query", "triplane.npy": "triplane", "views.npy": "views"}
+
+
+def sample_to_tensors(sample: dict, query_points: int | None, rng: np.random.Generator) -> dict:
+    """A decoded sample as float32 tensors; `query_points` draws a random subset of the queries."""
+    out: dict[str, object] = {"id": sample["__key__"], "caption": sample["caption.txt"]}
+    for key, name in ARRAY_FIELDS.items():
+        array = sample[key]
+        if name == "query" and query_points is not None and query_points < len(array):
+            array = array[rng.choice(len(array), query_points, replace=False)]
+        out[name] = torch.from_numpy(np.ascontiguousarray(array)).float() if array.dtype != np.uint8 else torch.from_numpy(array)
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0] if isinstance(samples[0][key], torch.Tensor)}
+    batch["id"] = [s["id"] for s in samples]
+    batch["caption"] = [s["caption"] for s in samples]
+    return batch
+
+
+def split(items: Sequence, part: int, parts: int) -> list:
+    return list(items[part::parts])
+
+
+class ShardStream(IterableDataset):
+    """Batches from a set of shards for one rank; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        index: ShardIndex,
+        batch_size: int,
+        train: bool,
+        query_points: int | None = None,
+        shuffle_buffer: int = 256,
+        batches_per_epoch: int = 100,
+        seed: int = 0,
+    ) -> None:
+        self.index, self.batch_size, self.train = index, batch_size, train
+        self.query_points, self.shuffle_buffer = query_points, shuffle_buffer
+        self.batches_per_epoch, self.seed = batches_per_epoch, seed
+        self.rank, self.world_size = 0, 1
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        if self.train and len(self.index.urls) < world_size:
+            raise ValueError(f"{self.index.root}: {len(self.index.urls)} shards cannot be split over {world_size} ranks; build smaller shards")
+        self.rank, self.world_size = rank, world_size
+
+    def rank_urls(self) -> list[str]:
+        return split(self.index.urls, self.rank, self.world_size)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        urls = self.rank_urls()
+        if len(urls) >= workers:
+            urls = split(urls, worker, workers)
+        elif not self.train:
+            urls = urls if worker == 0 else []
+        # The loader draws a fresh base seed from the main process RNG for every epoch's
+        # iterator; mixing in the rank makes the streams differ across ranks too.
+        base = info.seed if info else int(torch.randint(2**62, ()).item())
+        seed = np.random.SeedSequence([self.seed, self.rank, worker, base]).generate_state(1)[0]
+        yield from (self.train_batches(urls, worker, workers, int(seed)) if self.train else self.val_batches(urls, 0))
+
+    def samples(self, urls: Sequence[str], rng: np.random.Generator) -> Iterator[dict]:
+        for raw in wds.WebDataset(list(urls), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
+            yield sample_to_tensors(decode_sample(raw, self.index.sizes), self.query_points, rng)
+
+    def train_batches(self, urls: list[str], worker: int, workers: int, seed: int) -> Iterator[dict]:
+        count = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
+        rng, pick = np.random.default_rng(seed), random.Random(seed)
+        resampled = self.resampled(urls, rng, pick)
+        buffer: list[dict] = []
+        batch: list[dict] = []
+        while count > 0:
+            while len(buffer) < self.shuffle_buffer:
+                buffer.append(next(resampled))
+            batch.append(buffer.pop(pick.randrange(len(buffer))))
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch, count = [], count - 1
+
+    def resampled(self, urls: list[str], rng: np.random.Generator, pick: random.Random) -> Iterator[dict]:
+        """Samples of shards drawn with replacement, forever."""
+        while True:
+            yield from self.samples([pick.choice(urls)], rng)
+
+    def val_batches(self, urls: list[str], seed: int) -> Iterator[dict]:
+        batch: list[dict] = []
+        for sample in self.samples(urls, np.random.default_rng(seed)):
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
+        if batch:
+            yield collate(batch)
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Train and validation shard sets, each given by its `index.json` (or folder)."""
+
+    def __init__(
+        self,
+        train: str,
+        val: str | None = None,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        query_points: int | None = 2048,
+        shuffle_buffer: int = 256,
+        batches_per_epoch: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_index = load_index(train)
+        self.val_index = load_index(val) if val else None
+
+    @property
+    def sizes(self):
+        return self.train_index.sizes
+
+    def rank_and_world_size(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def stream(self, index: ShardIndex, train: bool) -> ShardStream:
+        hp = self.hparams
+        stream = ShardStream(index, hp.batch_size, train, hp.query_points, hp.shuffle_buffer, hp.batches_per_epoch, hp.seed)
+        stream.set_rank(*self.rank_and_world_size())
+        return stream
+
+    def loader(self, stream: ShardStream) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.stream(self.train_index, train=True))
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_index is None:
+            return []
+        return self.loader(self.stream(self.val_index, train=False))
