@@ -13,7 +13,7 @@ from pathlib import Path
 
 from data_prep.ledger import read_ledgers
 from native3d.data.schema import SCHEMA_VERSION
-from native3d.data.shards import shard_keys
+from native3d.data.shards import shard_keys, write_index
 
 
 def build_index(out: str | os.PathLike) -> dict:
@@ -44,7 +44,5 @@ def build_index(out: str | os.PathLike) -> dict:
         "num_jobs": manifests[0]["num_jobs"],
         "sources": [m["source"] for m in manifests],
     }
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
-    os.replace(tmp, out / "index.json")
+    write_index(out, index)
     return index

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from collections.abc import Iterator, Sequence
 
 import lightning as L
@@ -123,13 +124,24 @@ class ShardStream(IterableDataset):
             yield collate(batch)
 
 
+def hold_out(index: ShardIndex, count: int) -> tuple[ShardIndex, ShardIndex]:
+    """Splits off the last `count` shards of a set as its held-out part."""
+    if count >= len(index.shards):
+        raise ValueError(f"{index.root}: cannot hold out {count} of {len(index.shards)} shards")
+    return replace(index, shards=index.shards[:-count]), replace(index, shards=index.shards[-count:])
+
+
 class ShardDataModule(L.LightningDataModule):
-    """Train and validation shard sets, each given by its `index.json` (or folder)."""
+    """Train and validation shard sets, each given by its `index.json` (or folder).
+
+    Without `val`, `val_shards` > 0 holds out the last shards of `train` for validation.
+    """
 
     def __init__(
         self,
         train: str,
         val: str | None = None,
+        val_shards: int = 0,
         batch_size: int = 8,
         num_workers: int = 2,
         query_points: int | None = 2048,
@@ -141,6 +153,8 @@ class ShardDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.train_index = load_index(train)
         self.val_index = load_index(val) if val else None
+        if self.val_index is None and val_shards > 0:
+            self.train_index, self.val_index = hold_out(self.train_index, val_shards)
 
     @property
     def sizes(self):
@@ -155,9 +169,17 @@ class ShardDataModule(L.LightningDataModule):
 
     def stream(self, index: ShardIndex, train: bool) -> ShardStream:
         hp = self.hparams
-        stream = ShardStream(index, hp.batch_size, train, hp.query_points, hp.shuffle_buffer, hp.batches_per_epoch, hp.seed)
+        # Validation keeps every query: its first half is the uniform set that volume IoU reads.
+        query_points = hp.query_points if train else None
+        stream = ShardStream(index, hp.batch_size, train, query_points, hp.shuffle_buffer, hp.batches_per_epoch, hp.seed)
         stream.set_rank(*self.rank_and_world_size())
         return stream
+
+    def statistics_batches(self, count: int) -> Iterator[dict]:
+        """`count` training batches read in this process (no loader workers), e.g. for latent statistics."""
+        stream = self.stream(self.train_index, train=True)
+        stream.batches_per_epoch = count
+        return iter(stream)
 
     def loader(self, stream: ShardStream) -> DataLoader:
         workers = self.hparams.num_workers

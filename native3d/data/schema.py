@@ -139,3 +139,25 @@ def validate_sample(sample: dict, sizes: Sizes, where: str) -> None:
 
 def encode_json(data: dict) -> bytes:
     return json.dumps(data, sort_keys=True).encode("utf-8")
+
+
+# Latent shard sets (`native3d encode`): one sample per object, the autoencoder posterior's mean
+# and std (float32, the autoencoder's latent shape, before latent normalization), the object's
+# views for image conditioning, its caption and meta. Their `index.json` has "kind": "latent",
+# "latent_shape" and the autoencoder checkpoint it came from.
+LATENT_ARRAY_KEYS = ("latent_mean.npy", "latent_std.npy", "views.npy")
+LATENT_SAMPLE_KEYS = LATENT_ARRAY_KEYS + TEXT_KEYS + JSON_KEYS
+
+
+def validate_latent_sample(sample: dict, latent_shape: tuple[int, ...], where: str) -> None:
+    for key in LATENT_SAMPLE_KEYS:
+        if key not in sample:
+            raise SchemaError(f"{where}: missing key {key!r}")
+    for key in ("latent_mean.npy", "latent_std.npy"):
+        array = sample[key]
+        if array.dtype != np.float32 or array.shape != tuple(latent_shape):
+            raise SchemaError(f"{where}: key {key!r} is {array.dtype} {array.shape}, expected float32 {tuple(latent_shape)}")
+        if not np.isfinite(array).all():
+            raise SchemaError(f"{where}: key {key!r} has non-finite values")
+    if sample["views.npy"].dtype != np.uint8 or sample["views.npy"].ndim != 4:
+        raise SchemaError(f"{where}: key 'views.npy' is not a uint8 (V, H, W, 3) array")

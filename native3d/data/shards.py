@@ -20,10 +20,8 @@ import numpy as np
 import webdataset as wds
 
 from native3d.data.schema import (
-    ARRAY_KEYS,
-    JSON_KEYS,
+    SAMPLE_KEYS,
     SCHEMA_VERSION,
-    TEXT_KEYS,
     SchemaError,
     Sizes,
     encode_json,
@@ -35,18 +33,23 @@ VALID_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 def encode_sample(key: str, sample: dict) -> dict:
-    """Turns a decoded sample (arrays, caption str, meta dict) into tar members."""
+    """Turns a decoded sample (`.npy` arrays, `.txt` str, `.json` dict) into tar members."""
     if not VALID_KEY.match(key):
         raise ValueError(f"sample key {key!r} may hold only letters, digits, '_' and '-'")
     encoded: dict[str, object] = {"__key__": key}
-    for name in ARRAY_KEYS:
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(sample[name]), allow_pickle=False)
-        encoded[name] = buffer.getvalue()
-    for name in TEXT_KEYS:
-        encoded[name] = sample[name].encode("utf-8")
-    for name in JSON_KEYS:
-        encoded[name] = encode_json(sample[name])
+    for name, value in sample.items():
+        if name.startswith("__"):
+            continue
+        if name.endswith(".npy"):
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
+            encoded[name] = buffer.getvalue()
+        elif name.endswith(".txt"):
+            encoded[name] = value.encode("utf-8")
+        elif name.endswith(".json"):
+            encoded[name] = encode_json(value)
+        else:
+            raise ValueError(f"sample {key}: no encoding for member {name!r} (use .npy, .txt or .json)")
     return encoded
 
 
@@ -88,36 +91,54 @@ def shard_keys(path: str | os.PathLike) -> list[str]:
     return keys
 
 
-def decode_sample(raw: dict, sizes: Sizes) -> dict:
-    """Decodes the raw tar members of one sample and validates them against the schema."""
-    where = f"shard {raw.get('__url__', '?')}, sample {raw.get('__key__', '?')}"
+def decode_members(raw: dict, names: tuple[str, ...]) -> dict:
+    """Decodes the named tar members of one raw sample; errors name its shard and key."""
+    where = sample_location(raw)
     sample: dict[str, object] = {"__key__": raw.get("__key__"), "__url__": raw.get("__url__")}
-    for name in (*ARRAY_KEYS, *TEXT_KEYS, *JSON_KEYS):
+    for name in names:
         if name not in raw:
             raise SchemaError(f"{where}: missing key {name!r}")
         try:
             sample[name] = _decode_member(name, raw[name])
-        except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
             raise SchemaError(f"{where}: key {name!r} cannot be decoded: {error}") from error
-    validate_sample(sample, sizes, where)
+    return sample
+
+
+def sample_location(raw: dict) -> str:
+    return f"shard {raw.get('__url__', '?')}, sample {raw.get('__key__', '?')}"
+
+
+def decode_sample(raw: dict, sizes: Sizes) -> dict:
+    """Decodes one raw sample of a shard set and validates it against the schema."""
+    sample = decode_members(raw, SAMPLE_KEYS)
+    validate_sample(sample, sizes, sample_location(raw))
     return sample
 
 
 def _decode_member(name: str, data: bytes) -> object:
-    if name in ARRAY_KEYS:
+    if name.endswith(".npy"):
         return np.load(io.BytesIO(data), allow_pickle=False)
-    if name in TEXT_KEYS:
+    if name.endswith(".txt"):
         return data.decode("utf-8")
     return json.loads(data.decode("utf-8"))
 
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """A shard set as described by its `index.json`."""
+    """A shard set as described by its `index.json`: a data set, or latents ("kind": "latent")."""
 
     root: Path
-    sizes: Sizes
     shards: tuple[tuple[str, int], ...]  # (absolute url, sample count)
+    info: dict  # the whole index.json
+
+    @property
+    def kind(self) -> str:
+        return self.info.get("kind", "shapes")
+
+    @property
+    def sizes(self) -> Sizes:
+        return Sizes.from_dict(self.info["sizes"])
 
     @property
     def urls(self) -> list[str]:
@@ -135,18 +156,25 @@ def load_index(path: str | os.PathLike) -> ShardIndex:
         path = path / "index.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no index.json; run `python -m data_prep index --out {path.parent}`")
-    data = json.loads(path.read_text())
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"{path}: schema_version {data.get('schema_version')}, this code reads {SCHEMA_VERSION}")
-    shards = tuple((str(path.parent / s["url"]), int(s["count"])) for s in data["shards"])
-    return ShardIndex(root=path.parent, sizes=Sizes.from_dict(data["sizes"]), shards=shards)
+    info = json.loads(path.read_text())
+    if info.get("schema_version") != SCHEMA_VERSION:
+        raise SchemaError(f"{path}: schema_version {info.get('schema_version')}, this code reads {SCHEMA_VERSION}")
+    shards = tuple((str(path.parent / s["url"]), int(s["count"])) for s in info["shards"])
+    return ShardIndex(root=path.parent, shards=shards, info=info)
 
 
-def iter_samples(index: ShardIndex | str | os.PathLike) -> Iterator[dict]:
-    """Every sample of a shard set once, in shard order, decoded and validated."""
+def write_index(folder: Path, info: dict) -> None:
+    """Writes `<folder>/index.json` atomically."""
+    tmp = Path(folder) / "index.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    os.replace(tmp, Path(folder) / "index.json")
+
+
+def iter_samples(index: ShardIndex | str | os.PathLike, urls: list[str] | None = None) -> Iterator[dict]:
+    """Every sample of a shard set (or of the given shards of it) once, in order, decoded and validated."""
     if not isinstance(index, ShardIndex):
         index = load_index(index)
-    dataset = wds.WebDataset(index.urls, shardshuffle=False, empty_check=False).map(
+    dataset = wds.WebDataset(urls or index.urls, shardshuffle=False, empty_check=False).map(
         lambda raw: decode_sample(raw, index.sizes)
     )
     yield from dataset

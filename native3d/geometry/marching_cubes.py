@@ -104,10 +104,12 @@ def marching_cubes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index_to_coord(vertices, values.shape[0]).astype(np.float32), faces.astype(np.int64)
 
 
-def extract_mesh(field: Field, resolution: int, coarse_to_fine: bool = True, start_resolution: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def extract_mesh(
+    field: Field, resolution: int, coarse_to_fine: bool = True, start_resolution: int = 32, chunk: int = 2**18
+) -> tuple[np.ndarray, np.ndarray]:
     """Mesh of a field's zero level set at `resolution` cells per axis."""
     if coarse_to_fine and resolution > start_resolution:
-        grid = coarse_to_fine_grid(field, resolution, start_resolution)
+        grid = coarse_to_fine_grid(field, resolution, start_resolution, chunk=chunk)
     else:
-        grid = dense_grid(field, resolution)
+        grid = dense_grid(field, resolution, chunk)
     return marching_cubes(grid.values)

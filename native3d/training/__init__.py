@@ -1,0 +1,1 @@
+"""LightningModules, callbacks and the checks that keep training runs honest."""
