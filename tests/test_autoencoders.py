@@ -1,0 +1,300 @@
+"""Contract tests over the three autoencoders (tiny configs), their bottleneck, samplers and loss."""
+
+import pytest
+import torch
+
+from native3d.autoencoders import (
+    DiagonalGaussian,
+    GridVAE,
+    TriplaneVAE,
+    VecSetVAE,
+    autoencoder_loss,
+    farthest_point_sample,
+    grid_tiny,
+    latent_statistics,
+    triplane_tiny,
+    vecset_tiny,
+)
+from native3d.autoencoders.decoders import sample_planes, sample_volume
+from native3d.autoencoders.loss import eikonal_loss
+from native3d.autoencoders.triplane import axis_context
+from native3d.data.schema import grid_coords
+
+PRESETS = [vecset_tiny, grid_tiny, triplane_tiny]
+B, N, R, Q = 2, 512, 32, 256
+RADIUS, TRUNCATION = 0.5, 0.1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny convolutions are dominated by threading overhead on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def sphere_batch(batch_size: int = B, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A shard-like batch of spheres of radius 0.5 (slightly different centres), float16 like shards."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 0.1 * (torch.rand(batch_size, 1, 3, generator=g) * 2 - 1)  # (B, 1, 3)
+    normals = torch.nn.functional.normalize(torch.randn(batch_size, N, 3, generator=g), dim=-1)
+    surface = torch.cat([centres + RADIUS * normals, normals], dim=-1)  # (B, N, 6)
+
+    def sdf(pts):  # (B, ..., 3) -> (B, ...)
+        c = centres.view(batch_size, *[1] * (pts.ndim - 2), 3)
+        return ((pts - c).norm(dim=-1) - RADIUS).clamp(-TRUNCATION, TRUNCATION)
+
+    axis = torch.as_tensor(grid_coords(R), dtype=torch.float32)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).expand(batch_size, R, R, R, 3)
+    sdf_grid = sdf(grid)  # (B, R, R, R) indexed [x, y, z]
+    planes = []
+    for reduce_axis in (3, 2, 1):  # xy reduces z, xz reduces y, yz reduces x
+        planes.append(torch.stack([sdf_grid.amin(reduce_axis), (sdf_grid < 0).float().mean(reduce_axis)], dim=1))
+    triplane = torch.stack(planes, dim=1)  # (B, 3, 2, R, R)
+    uniform = torch.rand(batch_size, Q // 2, 3, generator=g) * 2 - 1
+    near = surface[:, : Q // 2, :3] + 0.02 * torch.randn(batch_size, Q // 2, 3, generator=g)
+    pts = torch.cat([uniform, near], dim=1)
+    query = torch.cat([pts, sdf(pts)[..., None]], dim=-1)  # (B, Q, 4)
+    return {k: v.half() for k, v in dict(surface=surface, sdf=sdf_grid, triplane=triplane, query=query).items()}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return sphere_batch()
+
+
+def run(model, batch, sample_posterior=True):
+    inputs = model.inputs_from_batch(batch)
+    points, target = model.queries_from_batch(batch)
+    sdf, posterior = model(inputs, points, sample_posterior=sample_posterior)
+    return sdf, target, posterior
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_output_and_latent_shapes(preset, batch):
+    model = preset()
+    sdf, _, posterior = run(model, batch)
+    assert sdf.shape == (B, Q)
+    assert posterior.mean.shape == posterior.logvar.shape == (B, *model.latent_shape)
+    assert posterior.sample().shape == (B, *model.latent_shape)
+    assert model.decode(posterior.mode(), torch.zeros(B, 7, 3)).shape == (B, 7)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_gradients_reach_every_parameter(preset, batch):
+    torch.manual_seed(0)
+    model = preset()
+    sdf, target, posterior = run(model, batch)
+    autoencoder_loss(sdf, target, posterior, kl_weight=1e-3, clamp=TRUNCATION)["loss"].backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reached {missing}"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_same_seed_same_result(preset, batch):
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = preset()  # train mode: random FPS start and posterior sampling both use the seed
+        outputs.append(run(model, batch)[0])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    torch.manual_seed(124)
+    assert not torch.allclose(run(preset(), batch)[0], outputs[0])
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_encode_decode_mode_is_deterministic(preset, batch):
+    model = preset().eval()
+    inputs = model.inputs_from_batch(batch)
+    points, _ = model.queries_from_batch(batch)
+    first = model.decode(model.encode(inputs).mode(), points)
+    torch.manual_seed(999)  # a different RNG state must not matter in eval with mode()
+    second = model.decode(model.encode(inputs).mode(), points)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_latent_statistics_travel_in_state_dict(preset, batch):
+    torch.manual_seed(0)
+    model = preset().eval()
+    assert {"latent_mean", "latent_std"} <= set(model.state_dict())
+    shape = model.latent_shape
+    channel_axis = model.latent_channel_dim % len(shape) + 1
+    channels = shape[channel_axis - 1]
+    assert model.latent_mean.shape == model.latent_std.shape == (channels,)
+    # Latents with a known per-channel offset and scale.
+    view = [1] * (len(shape) + 1)
+    view[channel_axis] = channels
+    offset, scale = torch.linspace(-2, 2, channels).view(view), torch.linspace(0.5, 3, channels).view(view)
+    latents = [offset + scale * torch.randn(4, *shape) for _ in range(8)]
+    mean, std = model.fit_latent_statistics(latents)
+    per_channel = torch.cat(latents).movedim(channel_axis, -1).reshape(-1, channels)  # independent reference
+    torch.testing.assert_close(mean, per_channel.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(std, per_channel.std(0, unbiased=False), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.latent_mean, mean)
+    normalized = model.normalize_latent(latents[0])
+    torch.testing.assert_close(model.denormalize_latent(normalized), latents[0], atol=1e-5, rtol=1e-5)
+    stacked = torch.cat([model.normalize_latent(z) for z in latents])
+    normalized_mean, _ = latent_statistics([stacked], model.latent_channel_dim)
+    torch.testing.assert_close(normalized_mean, torch.zeros(channels), atol=1e-4, rtol=0)
+    fresh = preset()
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.latent_std, model.latent_std)
+    assert model.normalize_latent(model.encode(model.inputs_from_batch(batch)).mode()).shape == (B, *shape)
+
+
+def test_farthest_point_sampling_spreads_out():
+    torch.manual_seed(0)
+    points = torch.rand(3, 2000, 3)
+    index = farthest_point_sample(points, 64)
+    assert index.shape == (3, 64)
+    assert all(len(set(row.tolist())) == 64 for row in index)
+
+    def covering_radius(idx):  # largest distance from any point to its nearest chosen point
+        chosen = torch.gather(points, 1, idx[..., None].expand(-1, -1, 3))
+        return torch.cdist(points, chosen).amin(-1).amax(-1)
+
+    random_index = torch.stack([torch.randperm(2000)[:64] for _ in range(3)])
+    assert (covering_radius(index) < 0.8 * covering_radius(random_index)).all()
+    torch.manual_seed(5)
+    a = farthest_point_sample(points, 16, random_start=True)
+    torch.manual_seed(5)
+    torch.testing.assert_close(a, farthest_point_sample(points, 16, random_start=True))
+    assert (farthest_point_sample(points, 16)[:, 0] == 0).all()
+
+
+def test_sample_volume_follows_schema_axis_order():
+    axis = torch.as_tensor(grid_coords(9), dtype=torch.float32)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    volume = torch.stack([x + 2 * y + 3 * z, x * 0 + 1])[None]  # (1, 2, R, R, R) indexed [x, y, z]
+    points = torch.rand(1, 50, 3) * 2 - 1
+    features = sample_volume(volume, points)  # trilinear is exact on a linear function
+    torch.testing.assert_close(features[..., 0], points @ torch.tensor([1.0, 2.0, 3.0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(features[..., 1], torch.ones(1, 50))
+
+
+def test_sample_planes_follows_schema_axis_order():
+    axis = torch.as_tensor(grid_coords(9), dtype=torch.float32)
+    a, b = torch.meshgrid(axis, axis, indexing="ij")  # plane `ab` is indexed [a, b]
+    planes = torch.stack([a + 10 * b] * 3)[None, :, None]  # (1, P, 1, R, R)
+    points = torch.rand(1, 50, 3) * 2 - 1
+    features = sample_planes(planes, points)[..., 0]  # (1, Q, P)
+    x, y, z = points.unbind(-1)
+    expected = torch.stack([x + 10 * y, x + 10 * z, y + 10 * z], dim=-1)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=0)
+
+
+def test_axis_context_pools_the_shared_axis():
+    R = 5
+    f = torch.arange(R, dtype=torch.float32)
+    xz = f[:, None].expand(R, R)  # depends on x only
+    planes = torch.stack([torch.zeros(R, R), xz, torch.zeros(R, R)])[None, :, None]  # (1, P, 1, R, R)
+    context = axis_context(planes)  # (1, P, 2, R, R)
+    torch.testing.assert_close(context[0, 0, 0], f[:, None].expand(R, R))  # xy gets x from xz, along y
+    torch.testing.assert_close(context[0, 2, 1], f.mean().expand(R, R))  # yz gets z from xz (x pooled)
+
+
+@pytest.mark.parametrize("kind", ["l1", "bce"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_overfits_one_sphere_batch(preset, kind, batch):
+    torch.manual_seed(0)
+    model = preset()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    history = []
+    for _ in range(30):
+        sdf, target, posterior = run(model, batch)
+        terms = autoencoder_loss(sdf, target, posterior, kl_weight=1e-4, clamp=TRUNCATION, kind=kind)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        history.append(terms["recon"].item())
+    assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5, history
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bf16_autocast_forward_backward(preset, batch):
+    torch.manual_seed(0)
+    model = preset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sdf, target, posterior = run(model, batch)
+        loss = autoencoder_loss(sdf, target, posterior, kl_weight=1e-3, clamp=TRUNCATION)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bce_and_eikonal_give_finite_gradients(preset, batch):
+    torch.manual_seed(0)
+    model = preset()
+    inputs = model.inputs_from_batch(batch)
+    points, target = model.queries_from_batch(batch)
+    points.requires_grad_()
+    sdf, posterior = model(inputs, points)
+    terms = autoencoder_loss(
+        sdf, target, posterior, kl_weight=1e-3, clamp=TRUNCATION, kind="bce", eikonal_weight=0.1, points=points
+    )
+    assert set(terms) == {"recon", "kl", "eikonal", "loss"}
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and terms["eikonal"] > 0
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_loss_terms_values_and_per_sample_reduction():
+    target = torch.tensor([[-0.3, 0.05], [0.2, -0.02]])
+    posterior = DiagonalGaussian(torch.zeros(2, 4), torch.zeros(2, 4))
+    terms = autoencoder_loss(target.clone(), target, posterior, kl_weight=1.0, clamp=0.1, reduction="none")
+    assert all(v.shape == (2,) for v in terms.values())
+    torch.testing.assert_close(terms["loss"], torch.zeros(2))  # exact prediction, standard-normal posterior
+    # Truncation: beyond the band, a target of -0.1 ("at least 0.1 inside") is met by any value below it,
+    # but a target inside the band is still an L1 target for a prediction outside it.
+    standard = DiagonalGaussian(torch.zeros(1, 4), torch.zeros(1, 4))
+    beyond = autoencoder_loss(torch.tensor([[-5.0, 0.05]]), target[:1], standard, 0.0, 0.1)
+    torch.testing.assert_close(beyond["recon"], torch.tensor(0.0))
+    wrong_side = autoencoder_loss(torch.tensor([[0.5, 0.5]]), target[:1], standard, 0.0, 0.1)
+    torch.testing.assert_close(wrong_side["recon"], torch.tensor((0.6 + 0.45) / 2))
+    # BCE prefers the right sign.
+    right = autoencoder_loss(target, target, posterior, 0.0, 0.1, kind="bce")["recon"]
+    wrong = autoencoder_loss(-target, target, posterior, 0.0, 0.1, kind="bce")["recon"]
+    assert right < 0.1 < wrong
+
+
+def test_kl_closed_form():
+    mean, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    expected = 0.5 * torch.tensor([1.0, torch.e - 2.0])
+    posterior = DiagonalGaussian(mean, logvar)
+    torch.testing.assert_close(posterior.kl(reduction="sum"), expected.sum()[None])
+    torch.testing.assert_close(posterior.kl(), expected.mean()[None])
+
+
+def test_eikonal_is_zero_for_a_true_sdf():
+    points = (torch.rand(2, 100, 3) * 2 - 1).requires_grad_()
+    band = torch.ones(2, 100)
+    torch.testing.assert_close(eikonal_loss(points.norm(dim=-1) - 0.5, points, band), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(eikonal_loss(2 * points.norm(dim=-1), points, band), torch.ones(2), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        eikonal_loss(points.detach().norm(dim=-1), points.detach(), band)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, use_normals=False),
+        lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, aggregate="concat"),
+    ],
+    ids=["vecset-no-normals", "triplane-concat"],
+)
+def test_variants_keep_the_contract(build, batch):
+    model = build()
+    sdf, _, posterior = run(model, batch)
+    assert sdf.shape == (B, Q)
+    assert posterior.mean.shape == (B, *model.latent_shape)
+
+
+def test_wrong_input_resolution_fails_loudly(batch):
+    with pytest.raises(ValueError):
+        grid_tiny().encode(torch.zeros(1, 1, 16, 16, 16))
+    with pytest.raises(ValueError):
+        GridVAE(resolution=30, channels=(8, 16, 32))
