@@ -47,3 +47,15 @@ def real_mesh_folder(tmp_path: Path) -> Path:
         "end_header\n0 0 0\n1 0 0\n0 1 0\n"
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def primitive_shards(tmp_path_factory) -> Path:
+    """A tiny indexed shard set of 24 captioned primitives in 6 shards, built by the real job."""
+    from data_prep.cli import main as prep
+
+    out = tmp_path_factory.mktemp("primitive_shards")
+    sizes = ["--surface-points", "512", "--grid-resolution", "32", "--query-points", "1024", "--views", "1", "--view-size", "32"]
+    assert prep(["build", "--source", "primitives", "--count", "24", "--out", str(out), "--shard-size", "4", *sizes]) == 0
+    assert prep(["index", "--out", str(out)]) == 0
+    return out

@@ -45,7 +45,9 @@ class AutoencoderModule(L.LightningModule):
         stats_batches: int = 16,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["autoencoder"])
+        # Through LightningCLI the hyperparameters hold the autoencoder's class_path and init_args,
+        # so `load_from_checkpoint` rebuilds it from the checkpoint alone.
+        self.save_hyperparameters()
         self.autoencoder = autoencoder
         self._val_count = 0
         self._stats_step = -1
