@@ -74,6 +74,10 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
 
     def rank_urls(self) -> list[str]:
+        if not self.train and len(self.index.urls) < self.world_size:
+            # Fewer validation shards than ranks: every rank reads them all, so no rank has an
+            # empty loader (ranks with nothing to log would stall the others' metric sync).
+            return list(self.index.urls)
         return split(self.index.urls, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[dict]:
