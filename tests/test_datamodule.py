@@ -6,7 +6,7 @@ from collections import Counter
 
 import torch
 
-from native3d.data.datamodule import ShardDataModule, ShardStream
+from native3d.data.datamodule import ShapeSample, ShardDataModule, ShardStream
 from native3d.data.shards import load_index
 
 
@@ -14,7 +14,7 @@ def test_ranks_read_disjoint_shards_and_yield_equal_batch_counts(primitive_shard
     index = load_index(primitive_shards)
     seen, counts = [], []
     for rank in range(2):
-        stream = ShardStream(index, batch_size=3, train=True, query_points=100, shuffle_buffer=4, batches_per_epoch=5)
+        stream = ShardStream(index, batch_size=3, train=True, convert=ShapeSample(index.sizes, 100), shuffle_buffer=4, batches_per_epoch=5)
         stream.set_rank(rank, 2)
         batches = list(stream)
         counts.append(len(batches))

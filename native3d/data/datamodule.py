@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import replace
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import lightning as L
 import numpy as np
@@ -21,7 +21,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from native3d.data.shards import ShardIndex, decode_sample, load_index
+from native3d.data.schema import LATENT_SAMPLE_KEYS, Sizes, validate_latent_sample
+from native3d.data.shards import ShardIndex, decode_members, decode_sample, load_index, sample_location
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,42 @@ def sample_to_tensors(sample: dict, query_points: int | None, rng: np.random.Gen
     return out
 
 
+@dataclass(frozen=True)
+class ShapeSample:
+    """Decodes a raw shape-shard sample into tensors (see `sample_to_tensors`)."""
+
+    sizes: Sizes
+    query_points: int | None = None
+
+    def __call__(self, raw: dict, rng: np.random.Generator) -> dict:
+        return sample_to_tensors(decode_sample(raw, self.sizes), self.query_points, rng)
+
+
+@dataclass(frozen=True)
+class LatentSample:
+    """Decodes a raw latent-shard sample: posterior mean and std, views, caption, class label."""
+
+    latent_shape: tuple[int, ...]
+
+    def __call__(self, raw: dict, rng: np.random.Generator) -> dict:
+        sample = decode_members(raw, LATENT_SAMPLE_KEYS)
+        validate_latent_sample(sample, self.latent_shape, sample_location(raw))
+        return {
+            "id": sample["__key__"],
+            "caption": sample["caption.txt"],
+            "label": str(sample["meta.json"].get("class", "")),
+            "latent_mean": torch.from_numpy(sample["latent_mean.npy"]),
+            "latent_std": torch.from_numpy(sample["latent_std.npy"]),
+            "views": torch.from_numpy(sample["views.npy"]),
+        }
+
+
 def collate(samples: list[dict]) -> dict:
-    batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0] if isinstance(samples[0][key], torch.Tensor)}
-    batch["id"] = [s["id"] for s in samples]
-    batch["caption"] = [s["caption"] for s in samples]
-    return batch
+    """Stacks tensors; other fields (ids, captions, labels) become lists."""
+    return {
+        key: torch.stack([s[key] for s in samples]) if isinstance(value, torch.Tensor) else [s[key] for s in samples]
+        for key, value in samples[0].items()
+    }
 
 
 def split(items: Sequence, part: int, parts: int) -> list:
@@ -58,13 +90,13 @@ class ShardStream(IterableDataset):
         index: ShardIndex,
         batch_size: int,
         train: bool,
-        query_points: int | None = None,
+        convert: Callable[[dict, np.random.Generator], dict],
         shuffle_buffer: int = 256,
         batches_per_epoch: int = 100,
         seed: int = 0,
     ) -> None:
         self.index, self.batch_size, self.train = index, batch_size, train
-        self.query_points, self.shuffle_buffer = query_points, shuffle_buffer
+        self.convert, self.shuffle_buffer = convert, shuffle_buffer
         self.batches_per_epoch, self.seed = batches_per_epoch, seed
         self.rank, self.world_size = 0, 1
 
@@ -96,7 +128,7 @@ class ShardStream(IterableDataset):
 
     def samples(self, urls: Sequence[str], rng: np.random.Generator) -> Iterator[dict]:
         for raw in wds.WebDataset(list(urls), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
-            yield sample_to_tensors(decode_sample(raw, self.index.sizes), self.query_points, rng)
+            yield self.convert(raw, rng)
 
     def train_batches(self, urls: list[str], worker: int, workers: int, seed: int) -> Iterator[dict]:
         count = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
@@ -171,11 +203,14 @@ class ShardDataModule(L.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
+    def converter(self, index: ShardIndex, train: bool) -> Callable[[dict, np.random.Generator], dict]:
+        # Validation keeps every query: its first half is the uniform set that volume IoU reads.
+        return ShapeSample(index.sizes, self.hparams.query_points if train else None)
+
     def stream(self, index: ShardIndex, train: bool) -> ShardStream:
         hp = self.hparams
-        # Validation keeps every query: its first half is the uniform set that volume IoU reads.
-        query_points = hp.query_points if train else None
-        stream = ShardStream(index, hp.batch_size, train, query_points, hp.shuffle_buffer, hp.batches_per_epoch, hp.seed)
+        convert = self.converter(index, train)
+        stream = ShardStream(index, hp.batch_size, train, convert, hp.shuffle_buffer, hp.batches_per_epoch, hp.seed)
         stream.set_rank(*self.rank_and_world_size())
         return stream
 
@@ -196,3 +231,29 @@ class ShardDataModule(L.LightningDataModule):
         if self.val_index is None:
             return []
         return self.loader(self.stream(self.val_index, train=False))
+
+
+class LatentDataModule(ShardDataModule):
+    """Latent shard sets written by `native3d encode`, for latent diffusion training."""
+
+    def __init__(
+        self,
+        train: str,
+        val: str | None = None,
+        val_shards: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        batches_per_epoch: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(train, val, val_shards, batch_size, num_workers, None, shuffle_buffer, batches_per_epoch, seed)
+        if self.train_index.kind != "latent":
+            raise ValueError(f"{self.train_index.root} is not a latent shard set; run `native3d encode` first")
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_index.info["latent_shape"])
+
+    def converter(self, index: ShardIndex, train: bool) -> Callable[[dict, np.random.Generator], dict]:
+        return LatentSample(tuple(index.info["latent_shape"]))
