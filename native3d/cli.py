@@ -2,6 +2,8 @@
 
     native3d fit|validate --config configs/autoencoder/vecset.yaml --config configs/data/primitives.yaml ...
     native3d encode --ckpt AE.ckpt --data SHARDS --out LATENTS
+    native3d evaluate --ckpt AE.ckpt --data SHARDS --out DIR | --meshes FOLDER --reference SHARDS --out DIR
+    native3d sample --ckpt LDM.ckpt --prompt "a mug" --num 4 --out samples/
     native3d prep build|index|report ...
     native3d demo
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from native3d.evaluation.command import add_arguments as add_evaluate_arguments
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -41,10 +45,46 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--out", required=True)
     encode.add_argument("--batch-size", type=int, default=16)
     encode.add_argument("--device", default="cpu")
+    sample = commands.add_parser("sample", help="meshes from a latent-diffusion checkpoint")
+    sample.add_argument("--ckpt", required=True)
+    sample.add_argument("--prompt", action="append", default=[], help="text prompt (repeatable)")
+    sample.add_argument("--image", action="append", default=[], help="conditioning image, PNG or a mesh file to render (repeatable)")
+    sample.add_argument("--num", type=int, default=4, help="samples per prompt or image")
+    sample.add_argument("--steps", type=int, default=50)
+    sample.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    sample.add_argument("--resolution", type=int, default=128, help="marching-cubes cells per axis")
+    sample.add_argument("--dense", action="store_true", help="decode the dense grid instead of coarse-to-fine")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--batch-size", type=int, default=8)
+    sample.add_argument("--format", default="glb", choices=("glb", "obj", "ply"))
+    sample.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    sample.add_argument("--out", required=True)
+    evaluate = commands.add_parser("evaluate", help="reconstruction metrics of an autoencoder, or generated meshes against a reference set")
+    add_evaluate_arguments(evaluate)
     demo = commands.add_parser("demo", help="the whole pipeline on the embedded data")
     demo.add_argument("--out", default="runs/demo", help="output folder; a rerun reuses finished stages")
     demo.add_argument("--workers", type=int, default=2, help="data-prep worker processes")
     return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from native3d.sampling import SampleSettings, sample_to_folder
+
+    settings = SampleSettings(
+        ckpt=args.ckpt, prompts=args.prompt, images=args.image, num=args.num, steps=args.steps, guidance=args.guidance,
+        resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, format=args.format,
+        coarse_to_fine=not args.dense, device=args.device,
+    )  # fmt: skip
+    summary = sample_to_folder(settings, args.out)
+    written = sum(1 for s in summary["samples"] if s["file"])
+    print(f"{args.out}: {written} of {len(summary['samples'])} samples meshed, {summary['seconds_per_sample']:.2f}s per sample")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         info = encode_shard_set(args.ckpt, args.data, args.out, args.batch_size, args.device)
         print(f"{args.out}/index.json: {info['num_samples']} latents of shape {tuple(info['latent_shape'])} in {len(info['shards'])} shards")
         return 0
+    if args.command == "sample":
+        return run_sample(args)
+    if args.command == "evaluate":
+        from native3d.evaluation.command import run as run_evaluate
+
+        return run_evaluate(args)
     from native3d.demo import run_demo
 
     return run_demo(args.out, workers=args.workers)

@@ -1,0 +1,157 @@
+"""`native3d sample`: a latent-diffusion checkpoint to meshes, renders, a contact sheet and settings.
+
+Prompts (or images) are repeated `num` times each; every sample is generated in batches, its
+latent decoded as an implicit SDF (coarse-to-fine by default) and meshed with marching cubes.
+A latent that decodes to no surface is reported and writes no file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+
+from native3d.autoencoders.meshing import decode_mesh
+from native3d.geometry.marching_cubes import NoSurfaceError
+from native3d.geometry.render import fixed_cameras, render_views
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("glb", "obj", "ply")
+
+
+@dataclass
+class SampleSettings:
+    ckpt: str
+    prompts: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    num: int = 1
+    steps: int = 50
+    guidance: float = 3.0
+    resolution: int = 128
+    seed: int = 0
+    batch_size: int = 8
+    format: str = "glb"
+    coarse_to_fine: bool = True
+    device: str = "cpu"
+
+
+def load_diffusion(ckpt: str | os.PathLike, device: str = "cpu"):
+    from native3d.training.diffusion import LatentDiffusion
+
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"{ckpt}: no such checkpoint")
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    if "backbone" not in hparams or "autoencoder_config" not in hparams:
+        raise ValueError(f"{ckpt} is not a latent-diffusion checkpoint (no backbone/autoencoder in its hyperparameters)")
+    return LatentDiffusion.load_from_checkpoint(ckpt, map_location=device).eval()
+
+
+def conditions(model, settings: SampleSettings) -> list[tuple[str, dict | None]]:
+    """(label, cond of batch 1) per requested condition; one unconditional entry without any."""
+    if not model.conditional:
+        if settings.prompts or settings.images:
+            raise ValueError(f"{settings.ckpt} is an unconditional model; it takes no --prompt or --image")
+        return [("unconditional", None)]
+    from native3d.conditioning.condition import ImageConditioner
+
+    if isinstance(model.conditioner, ImageConditioner):
+        if settings.prompts or not settings.images:
+            raise ValueError(f"{settings.ckpt} is conditioned on images; give --image PNG (or a mesh file to render)")
+        return [(Path(p).stem, image_condition(model, p)) for p in settings.images]
+    if settings.images or not settings.prompts:
+        raise ValueError(f"{settings.ckpt} is conditioned on text; give --prompt TEXT")
+    return [(prompt, model.conditioner.encode_texts([prompt])) for prompt in settings.prompts]
+
+
+def image_condition(model, path: str) -> dict:
+    from native3d.conditioning.image import image_from_path
+
+    size = getattr(model.conditioner.encoder, "image_size", 224)
+    image = torch.from_numpy(image_from_path(path, size))[None].to(model.device)  # (1, H, W, 3)
+    return model.conditioner.encode_images(image)
+
+
+def repeat_cond(cond: dict | None, count: int) -> dict | None:
+    return None if cond is None else {k: v.expand(count, *v.shape[1:]) for k, v in cond.items()}
+
+
+def sample_to_folder(settings: SampleSettings, out: str | os.PathLike) -> dict:
+    if settings.format not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {settings.format!r}")
+    model = load_diffusion(settings.ckpt, settings.device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(settings.device).manual_seed(settings.seed)
+    records, renders = [], []
+    start = time.perf_counter()
+    for label, cond in conditions(model, settings):
+        for first in range(0, settings.num, settings.batch_size):
+            count = min(settings.batch_size, settings.num - first)
+            latents = model.generate(count, repeat_cond(cond, count), settings.steps, settings.guidance, generator)
+            for offset, latent in enumerate(latents):
+                record, render = write_sample(model, latent[None], label, len(records), settings, out)
+                records.append(record)
+                if render is not None:
+                    renders.append(render)
+    seconds = time.perf_counter() - start
+    if renders:
+        save_png(contact_sheet(renders), out / "contact_sheet.png")
+    summary = {"settings": asdict(settings), "samples": records, "seconds": seconds, "seconds_per_sample": seconds / max(1, len(records))}
+    write_json(out / "samples.json", summary)
+    return summary
+
+
+def write_sample(model, latent, label: str, index: int, settings: SampleSettings, out: Path) -> tuple[dict, np.ndarray | None]:
+    name = f"{index:04d}_{slug(label)}"
+    record = {"index": index, "prompt": label, "file": None, "render": None}
+    try:
+        vertices, faces = decode_mesh(model.autoencoder, latent, settings.resolution, settings.coarse_to_fine)
+    except NoSurfaceError as error:
+        log.warning("sample %s decodes to no surface (%s); no mesh written", name, error)
+        record["error"] = f"no surface: {error}"
+        return record, None
+    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    mesh_path = out / f"{name}.{settings.format}"
+    tmp = mesh_path.with_name(f".{mesh_path.name}.tmp")
+    mesh.export(tmp, file_type=settings.format)
+    os.replace(tmp, mesh_path)
+    render = render_views(mesh, fixed_cameras(1), 256)[0]
+    save_png(render, out / f"{name}.png")
+    record.update(file=mesh_path.name, render=f"{name}.png", vertices=len(vertices), faces=len(faces))
+    return record, render
+
+
+def contact_sheet(images: list[np.ndarray], columns: int = 8) -> np.ndarray:
+    height, width = images[0].shape[:2]
+    rows = -(-len(images) // columns)
+    sheet = np.full((rows * height, min(columns, len(images)) * width, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    return sheet
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def slug(text: str, length: int = 40) -> str:
+    cleaned = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+    return "_".join(filter(None, cleaned.split("_")))[:length] or "sample"

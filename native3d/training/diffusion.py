@@ -1,0 +1,212 @@
+"""The one latent-diffusion LightningModule, for every backbone and latent.
+
+Point-cloud (SetDiT over VecSet latents), SDF-grid (UNet3D over Grid latents) and triplane
+(TriplaneUNet over Triplane latents) diffusion differ only in YAML: the backbone, the autoencoder
+checkpoint (which fixes the latent shape and its normalization statistics), the objective and the
+conditioner. Latents come from `native3d encode` shards as posterior mean and std; training
+draws a posterior sample and standardizes it with the autoencoder's statistics (Rombach et al.
+2022, sec. 4.3.2). Conditions are dropped with probability `cond_dropout` for classifier-free
+guidance (Ho & Salimans 2022). The frozen autoencoder's weights travel in the checkpoint, so a
+diffusion checkpoint samples meshes on its own; a frozen text encoder is re-loaded by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import EMAWeightAveraging
+import torch
+from torch import Tensor, nn
+
+from native3d.autoencoders.bottleneck import LatentAutoencoder
+from native3d.conditioning.condition import ImageConditioner, TextConditioner
+from native3d.diffusion import DDPM, RectifiedFlow, cfg_model, drop_condition, sample_dpm_solver, sample_euler
+from native3d.nn.modulation import Cond
+from native3d.training.autoencoder import warmup_cosine
+from native3d.training.checks import check_finite
+from native3d.training.previews import decode_previews
+
+log = logging.getLogger(__name__)
+
+
+class LatentDiffusion(L.LightningModule):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        autoencoder: str,
+        objective: RectifiedFlow | DDPM | None = None,
+        conditioner: TextConditioner | ImageConditioner | None = None,
+        cond_dropout: float = 0.1,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 500,
+        sampler: Callable | None = None,
+        sample_steps: int = 50,
+        guidance: float = 3.0,
+        preview_every_n_val: int = 1,
+        preview_count: int = 4,
+        mesh_resolution: int = 64,
+        ema_decay: float = 0.999,
+        autoencoder_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = backbone
+        self.objective = objective if objective is not None else RectifiedFlow()
+        self.conditioner = conditioner
+        self.autoencoder, config = load_frozen_autoencoder(autoencoder, autoencoder_config)
+        self.hparams["autoencoder_config"] = config  # lets the checkpoint rebuild it without the file
+        self.sampler = sampler or (sample_dpm_solver if isinstance(self.objective, DDPM) else sample_euler)
+        check_sampler(self.sampler, self.objective)
+        check_backbone(self.backbone, self.latent_shape)
+        self._val_count = 0
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.autoencoder.latent_shape)
+
+    @property
+    def conditional(self) -> bool:
+        return self.conditioner is not None
+
+    def latents(self, batch: dict, sample: bool) -> Tensor:
+        """Normalized latents (B, *latent_shape): a posterior sample in training, its mean otherwise."""
+        latent = batch["latent_mean"].float()
+        if sample:
+            latent = latent + batch["latent_std"].float() * torch.randn_like(latent)
+        return self.autoencoder.normalize_latent(latent)
+
+    def condition(self, batch: dict, dropout: float = 0.0) -> Cond | None:
+        if self.conditioner is None:
+            return None
+        cond = self.conditioner.encode(batch)
+        batch_size = next(iter(cond.values())).shape[0]
+        return drop_condition(cond, dropout, null_cond=self.conditioner.null_cond(batch_size))
+
+    def step(self, batch: dict, stage: str) -> Tensor:
+        train = stage == "train"
+        x0 = self.latents(batch, sample=train)
+        cond = self.condition(batch, self.hparams.cond_dropout if train else 0.0)
+        loss = self.objective(self.backbone, x0, cond).mean()
+        check_finite(loss, batch["id"], stage, self.global_step)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(x0), sync_dist=not train)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.step(batch, "val")
+        if batch_idx == 0 and self._val_count % self.hparams.preview_every_n_val == 0 and self.trainer.is_global_zero:
+            self.save_previews(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._val_count += 1
+
+    @torch.no_grad()
+    def save_previews(self, batch: dict) -> None:
+        count = min(self.hparams.preview_count, len(batch["id"]))
+        cond = self.condition({k: v[:count] for k, v in batch.items()})
+        latents = self.generate(count, cond, generator=torch.Generator(self.device).manual_seed(0))
+        previews = decode_previews(self.autoencoder, latents, self.hparams.mesh_resolution)
+        self.log("val/surface_found", sum(m is not None for m in previews.meshes) / count, batch_size=count, rank_zero_only=True)
+        if self.trainer.log_dir:
+            previews.save_png(Path(self.trainer.log_dir) / "previews" / f"step{self.global_step:07d}.png")
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num: int,
+        cond: Cond | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """`num` latents (denormalized, ready to decode); cond has batch `num` or is None."""
+        steps = steps or self.hparams.sample_steps
+        guidance = self.hparams.guidance if guidance is None else guidance
+        noise = torch.randn((num, *self.latent_shape), generator=generator, device=self.device)
+        model = self.backbone
+        if cond is not None and guidance != 1.0:
+            model = cfg_model(self.backbone, guidance, null_cond=self.conditioner.null_cond(num))
+        kwargs = {"objective": self.objective} if "objective" in inspect.signature(self.sampler).parameters else {}
+        latents = self.sampler(model, noise, steps, cond=cond, **kwargs)
+        return self.autoencoder.denormalize_latent(latents)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """EMA of the weights (validated on, saved in `state_dict`, so sampling uses it)."""
+        if self.hparams.ema_decay <= 0:
+            return []
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("autoencoder.")]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.99))
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def frozen_encoder_prefixes(self) -> list[str]:
+        if self.conditioner is not None and self.conditioner.is_frozen:
+            return ["conditioner.encoder."]
+        return []
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A frozen pretrained encoder is re-loaded by name; its weights need not fill every checkpoint.
+        prefixes = tuple(self.frozen_encoder_prefixes())
+        for key in ("state_dict", "current_model_state"):
+            if prefixes and key in checkpoint:
+                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith(prefixes)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        prefixes = tuple(self.frozen_encoder_prefixes())
+        frozen = {k: v for k, v in self.state_dict().items() if prefixes and k.startswith(prefixes)}
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                checkpoint[key].update(frozen)
+
+
+@torch.no_grad()
+def check_backbone(backbone: nn.Module, latent_shape: tuple[int, ...]) -> None:
+    """Fails early, naming the latent shape, when a YAML pairs a backbone with the wrong autoencoder."""
+    x = torch.zeros(1, *latent_shape)
+    try:
+        out = backbone(x, torch.zeros(1), None)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"{type(backbone).__name__} does not take the autoencoder's latents of shape {latent_shape}: {error}") from error
+    if out.shape != x.shape:
+        raise ValueError(f"{type(backbone).__name__} maps latents {tuple(x.shape)} to {tuple(out.shape)}")
+
+
+def check_sampler(sampler: Callable, objective: RectifiedFlow | DDPM) -> None:
+    wants_objective = "objective" in inspect.signature(sampler).parameters
+    if wants_objective != isinstance(objective, DDPM):
+        kind = "a DDPM" if wants_objective else "a flow"
+        raise ValueError(f"sampler {sampler.__name__} is {kind} sampler; it does not fit {type(objective).__name__}")
+
+
+def load_frozen_autoencoder(ckpt: str, config: dict | None) -> tuple[LatentAutoencoder, dict]:
+    """The frozen autoencoder, from its checkpoint file or (reloading a diffusion checkpoint) its config."""
+    if config is not None:
+        module_name, class_name = config["class_path"].rsplit(".", 1)
+        autoencoder = getattr(importlib.import_module(module_name), class_name)(**config.get("init_args", {}))
+    else:
+        from native3d.encode import load_autoencoder
+
+        autoencoder = load_autoencoder(ckpt)
+        config = autoencoder_config_of(ckpt)
+    return autoencoder.eval().requires_grad_(False), config
+
+
+def autoencoder_config_of(ckpt: str) -> dict:
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    config = hparams.get("autoencoder")
+    if not isinstance(config, dict) or "class_path" not in config:
+        raise ValueError(f"{ckpt}: its hyperparameters do not describe the autoencoder (train it with `native3d fit`)")
+    return config
