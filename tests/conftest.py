@@ -6,10 +6,17 @@ import os
 import shutil
 from pathlib import Path
 
-import pybullet_data
-import pytest
+# Tiny models on 2 cores: one intra-op thread per process avoids oversubscription stalls (a second
+# process, e.g. the two-node test's, would otherwise make every small op wait on a busy core).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pybullet_data  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from native3d.data.schema import Sizes
+
+torch.set_num_threads(1)
 
 # Small, varied real meshes: a cube, a mug, a table, overlapping convex parts, a duck.
 REAL_MESHES = (
