@@ -89,7 +89,7 @@ def fit(configs: list[Path], run_dir: Path, data: list[str], steps: int, minutes
     config_args = [a for c in configs for a in ("--config", c)]
     cli([
         "fit", *config_args, "--config", CONFIGS / "trainer" / "cpu.yaml", *data,
-        "--trainer.max_steps", steps, "--trainer.max_time", f"00:00:{int(minutes)}:{int(60 * (minutes % 1)):02d}",
+        "--trainer.max_steps", steps, "--trainer.max_time", f"00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
         "--trainer.val_check_interval", steps // 2, "--trainer.default_root_dir", run_dir,
         "--trainer.logger.init_args.save_dir", run_dir, "--seed_everything", 0,
     ])  # fmt: skip
@@ -128,7 +128,7 @@ def run_demo(out: str, workers: int = 2) -> int:
                    lambda k=ckpt, l=latents: cli(["encode", "--ckpt", k, "--data", out / "shards" / "primitives", "--out", l]))  # fmt: skip
         stages.run(f"evaluate: {name} reconstruction", out / "metrics" / f"reconstruction_{name}" / "metrics.json",
                    lambda k=ckpt, n=name: cli(["evaluate", "--ckpt", k, "--data", out / "shards" / "primitives_heldout",
-                                               "--out", out / "metrics" / f"reconstruction_{n}", "--resolution", 64]))  # fmt: skip
+                                               "--out", out / "metrics" / f"reconstruction_{n}", "--resolution", 64, "--limit", 16]))  # fmt: skip
     image = heldout_image(out)
     for name, (config, ae, extra) in DIFFUSION.items():
         ckpt = out / "diffusion" / f"{name}.ckpt"
