@@ -78,13 +78,18 @@ def latent_statistics(latents: Iterable[Tensor], channel_dim: int) -> tuple[Tens
 class LatentAutoencoder(nn.Module):
     """The contract every autoencoder here follows (Shap-E style: latent -> implicit SDF).
 
-    Subclasses implement `inputs_from_batch`, `encode`, `decode` and `latent_shape`, and set
-    `latent_channel_dim`, the channel axis of the latent without its batch axis.
+    Subclasses implement `inputs_from_batch`, `encode`, `decoder_features`, `query` and
+    `latent_shape`, and set `latent_channel_dim`, the channel axis of the latent without its batch axis.
 
     - `inputs_from_batch(batch)`: picks and casts this model's input from a shard batch with keys
       "surface" (B, N, 6), "sdf" (B, R, R, R), "triplane" (B, 3, 2, R, R), "query" (B, Q, 4).
     - `encode(inputs) -> DiagonalGaussian` over latents of shape (B, *latent_shape).
-    - `decode(latent, points (B, Q, 3)) -> sdf (B, Q)`.
+    - `decoder_features(latent) -> features`: the decoder's work that depends on the latent alone
+      (processed tokens, a feature volume, feature planes), done once per latent.
+    - `query(features, points (B, Q, 3)) -> sdf (B, Q)`: the per-point read-out.
+    - `decode(latent, points) = query(decoder_features(latent), points)`. Mesh extraction queries
+      millions of points in chunks over several refinement levels, so it computes the features
+      once and calls `query` per chunk instead of `decode`.
     - `forward(inputs, points) -> (sdf, posterior)`, sampling the posterior when `sample_posterior`.
     """
 
@@ -106,8 +111,14 @@ class LatentAutoencoder(nn.Module):
     def encode(self, inputs: Tensor) -> DiagonalGaussian:
         raise NotImplementedError
 
-    def decode(self, latent: Tensor, points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+    def decoder_features(self, latent: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def query(self, features: Tensor, points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+        raise NotImplementedError
+
+    def decode(self, latent: Tensor, points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+        return self.query(self.decoder_features(latent), points)
 
     def forward(
         self, inputs: Tensor, points: Float[Tensor, "B Q 3"], sample_posterior: bool = True

@@ -140,14 +140,15 @@ class GridVAE(LatentAutoencoder):
             h = layer(h)  # ends at (B, C_last, r, r, r)
         return DiagonalGaussian.from_moments(self.to_moments(F.silu(self.norm_out(h))), dim=1)
 
-    def feature_volume(self, latent: Float[Tensor, "B Cl r r r"]) -> Float[Tensor, "B Cf R R R"]:
+    def decoder_features(self, latent: Float[Tensor, "B Cl r r r"]) -> Float[Tensor, "B Cf R R R"]:
+        """The feature volume."""
         h = self.from_latent(latent)  # (B, C_last, r, r, r)
         for layer in self.up:
             h = layer(h)  # ends at (B, C0, R, R, R)
         return self.to_features(F.silu(self.norm_features(h)))
 
-    def decode(self, latent: Float[Tensor, "B Cl r r r"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
-        features = sample_volume(self.feature_volume(latent), points)  # (B, Q, Cf)
+    def query(self, volume: Float[Tensor, "B Cf R R R"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+        features = sample_volume(volume, points)  # (B, Q, Cf)
         return self.head(features, points)
 
 

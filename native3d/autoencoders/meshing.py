@@ -1,4 +1,9 @@
-"""Latents to meshes: an autoencoder's decoder as a signed-distance field for marching cubes."""
+"""Latents to meshes: an autoencoder's decoder as a signed-distance field for marching cubes.
+
+The decoder's latent-only work (`decoder_features`: VecSet's self-attention over the tokens, the
+grid's feature volume, the triplane's feature planes) is done once per latent; marching cubes
+then only pays for `query` on each chunk of points at each refinement level.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,19 @@ import torch
 from torch import Tensor
 
 from native3d.autoencoders.bottleneck import LatentAutoencoder
-from native3d.geometry.marching_cubes import extract_mesh
+from native3d.geometry.marching_cubes import Field, extract_mesh
 
 
-def latent_field(autoencoder: LatentAutoencoder, latent: Tensor):
+@torch.no_grad()
+def latent_field(autoencoder: LatentAutoencoder, latent: Tensor) -> Field:
     """A numpy field (P, 3) -> (P,) that decodes one latent (1, *latent_shape)."""
     device = latent.device
+    features = autoencoder.decoder_features(latent)
 
     @torch.no_grad()
     def field(points: np.ndarray) -> np.ndarray:
         pts = torch.from_numpy(points).to(device=device, dtype=torch.float32)[None]  # (1, P, 3)
-        return autoencoder.decode(latent, pts)[0].float().cpu().numpy()
+        return autoencoder.query(features, pts)[0].float().cpu().numpy()
 
     return field
 

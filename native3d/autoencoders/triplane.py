@@ -129,15 +129,16 @@ class TriplaneVAE(LatentAutoencoder):
         moments = self.to_moments(F.silu(self.norm_out(h)))  # (B P, 2 Cl, r, r)
         return DiagonalGaussian.from_moments(rearrange(moments, "(B P) C H W -> B P C H W", P=PLANES), dim=2)
 
-    def feature_planes(self, latent: Float[Tensor, "B 3 Cl r r"]) -> Float[Tensor, "B 3 Cf R R"]:
+    def decoder_features(self, latent: Float[Tensor, "B 3 Cl r r"]) -> Float[Tensor, "B 3 Cf R R"]:
+        """The feature planes."""
         h = self.from_latent(rearrange(latent, "B P C H W -> (B P) C H W"))  # (B P, C_last, r, r)
         for layer in self.up:
             h = layer(h)  # ends at (B P, C0, R, R)
         features = self.to_features(F.silu(self.norm_features(h)))
         return rearrange(features, "(B P) C H W -> B P C H W", P=PLANES)
 
-    def decode(self, latent: Float[Tensor, "B 3 Cl r r"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
-        features = sample_planes(self.feature_planes(latent), points)  # (B, Q, P, Cf)
+    def query(self, planes: Float[Tensor, "B 3 Cf R R"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+        features = sample_planes(planes, points)  # (B, Q, P, Cf)
         return self.head(aggregate_planes(features, self.aggregate), points)
 
 

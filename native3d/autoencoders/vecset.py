@@ -95,11 +95,14 @@ class VecSetVAE(LatentAutoencoder):
         tokens = self.encoder(queries, context=embedded)  # (B, M, C)
         return DiagonalGaussian.from_moments(self.to_moments(tokens), dim=-1)  # (B, M, latent)
 
-    def decode(self, latent: Float[Tensor, "B M Cl"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+    def decoder_features(self, latent: Float[Tensor, "B M Cl"]) -> Float[Tensor, "B M C"]:
         x = self.from_latent(latent)  # (B, M, C)
         for block in self.blocks:
             x = block(x)
-        return self.head(x, points)
+        return x
+
+    def query(self, tokens: Float[Tensor, "B M C"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+        return self.head(tokens, points)
 
 
 def vecset_tiny() -> VecSetVAE:
