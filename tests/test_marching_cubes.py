@@ -56,3 +56,9 @@ def test_a_field_without_surface_is_named():
 def test_resolution_must_refine_by_powers_of_two():
     with pytest.raises(ValueError, match="power of 2"):
         coarse_to_fine_grid(sphere, 96, start_resolution=64)
+
+
+@pytest.mark.parametrize("resolution", [48, 96, 64])
+def test_extract_mesh_refines_any_even_resolution(resolution):
+    vertices, _ = extract_mesh(sphere, resolution)
+    assert np.abs(np.linalg.norm(vertices, axis=1) - 0.5).max() < 2.0 / resolution

@@ -104,12 +104,25 @@ def marching_cubes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index_to_coord(vertices, values.shape[0]).astype(np.float32), faces.astype(np.int64)
 
 
+def coarsest_start(resolution: int, largest: int = 32) -> int:
+    """The coarse resolution to refine from: `resolution` halved while it stays even and above `largest`."""
+    start = resolution
+    while start > largest and start % 2 == 0:
+        start //= 2
+    return start
+
+
 def extract_mesh(
     field: Field, resolution: int, coarse_to_fine: bool = True, start_resolution: int = 32, chunk: int = 2**18
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mesh of a field's zero level set at `resolution` cells per axis."""
-    if coarse_to_fine and resolution > start_resolution:
-        grid = coarse_to_fine_grid(field, resolution, start_resolution, chunk=chunk)
+    """Mesh of a field's zero level set at `resolution` cells per axis.
+
+    Coarse-to-fine refines from `resolution` halved down to about `start_resolution` (any even
+    resolution works, e.g. 48 refines from 24); a resolution that cannot be halved is evaluated densely.
+    """
+    start = coarsest_start(resolution, start_resolution)
+    if coarse_to_fine and start < resolution:
+        grid = coarse_to_fine_grid(field, resolution, start, chunk=chunk)
     else:
         grid = dense_grid(field, resolution, chunk)
     return marching_cubes(grid.values)
