@@ -1,0 +1,352 @@
+"""Autoencoder quality and cost on the embedded data, trained for a fixed time on this CPU.
+
+Data: the real data-prep job builds two shard sets into `--data` (reused if present; the job
+resumes): procedural primitives and every OBJ mesh that pybullet_data ships, at CPU sizes
+(SIZES). The last shards of each set are held out; `train.json` and `heldout-<set>.json` in
+`--data` are ordinary shard-set indexes over the two sets' shards, so training reads both sets
+through the stock `ShardDataModule`.
+
+Training: each model runs in its own process through LightningCLI with the same YAML a user
+gives `native3d fit` (configs/autoencoder/<model>_cpu.yaml + configs/trainer/cpu.yaml). A short
+timing run measures seconds per step; the main run gets max_steps = budget / (s/step), so the
+cosine schedule ends with the budget, and `max_time` = the budget as a hard stop.
+
+Evaluation on the held-out shapes (posterior mode, as validation does):
+  - volume IoU: sign agreement on the shard's uniform queries (the first half of `query.npy`),
+    on every held-out shape;
+  - Chamfer-L1 and F-score@0.02 of `decode_mesh` marching-cubes meshes at 64^3 (2,048 points
+    sampled on each mesh) against the shape's surface points, as the training module logs them,
+    on the first `--mesh-shapes` held-out shapes of each set (meshing costs seconds per shape here);
+  - as a reference without a model, the IoU of the input `sdf.npy` itself read trilinearly at the
+    same queries: the ceiling that the grid resolution sets.
+Throughput is training samples per second over the main run's training batches; peak memory is
+the training process's peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`).
+
+    .venv/bin/python benchmarks/autoencoders.py [--models vecset,grid,triplane] [--minutes 10] [--quick]
+
+`--quick` checks the script on tiny data (48 + 48 shapes) with half a minute per model.
+
+The last line is machine-readable: `iou_vecset=<x> iou_grid=<y> iou_triplane=<z>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from native3d.data.shards import load_index
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+MODELS = ("vecset", "grid", "triplane")
+SIZES = ["--surface-points", "2048", "--grid-resolution", "32", "--query-points", "4096", "--views", "0", "--view-size", "32"]
+THREADS = 2  # the machine's cores
+BATCH_SIZE = 8
+TRAIN_QUERIES = 2048  # a random half of each shape's queries per step
+MESH_RESOLUTION = 64
+TIMING_STEPS = 16  # the timing run; its first STEPS_SKIPPED steps are warm-up
+STEPS_SKIPPED = 4
+
+
+def data_plan(quick: bool) -> dict[str, dict]:
+    """Per shard set: the data-prep source arguments, the shard size and how many shards are held out."""
+    if quick:
+        return {
+            "primitives": {"source": ["--source", "primitives", "--count", "48"], "shard_size": 16, "held_out": 1},
+            "pybullet": {"source": ["--source", "pybullet", "--limit", "48"], "shard_size": 16, "held_out": 1},
+        }
+    return {
+        "primitives": {"source": ["--source", "primitives", "--count", "512"], "shard_size": 32, "held_out": 1},
+        "pybullet": {"source": ["--source", "pybullet"], "shard_size": 32, "held_out": 2},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def build_data(data: Path, quick: bool) -> dict[str, Path]:
+    """Builds (or resumes) both shard sets and writes the train and held-out indexes; returns their paths."""
+    from native3d.data.datamodule import hold_out
+
+    train_shards, sets, held = [], {}, {}
+    for name, plan in data_plan(quick).items():
+        out = data / name
+        if not (out / "index.json").is_file():
+            build = ["build", *plan["source"], "--out", str(out), "--shard-size", str(plan["shard_size"]), "--workers", str(THREADS), *SIZES]
+            prep(build)
+            prep(["index", "--out", str(out)])
+        train, heldout = hold_out(load_index(out), plan["held_out"])
+        sets[name] = heldout
+        train_shards += list(train.shards)
+        held[name] = write_index(data / f"heldout-{name}.json", heldout.shards, heldout.info, data)
+    first = next(iter(sets.values()))
+    for name, index in sets.items():
+        if index.info["sizes"] != first.info["sizes"]:
+            raise SystemExit(f"{data / name}: built with other sizes than the other set; remove {data} and rerun")
+    all_held = [s for index in sets.values() for s in index.shards]
+    paths = {"train": write_index(data / "train.json", train_shards, first.info, data)}
+    paths["heldout"] = write_index(data / "heldout.json", all_held, first.info, data)
+    return {**paths, **{f"heldout-{name}": path for name, path in held.items()}}
+
+
+def prep(args: list[str]) -> None:
+    """`python -m data_prep ...`, as a user runs it (a subprocess: this folder's data_prep.py would shadow the package)."""
+    subprocess.run([sys.executable, "-m", "data_prep", *args], cwd=ROOT, check=True)
+
+
+def write_index(path: Path, shards, info: dict, root: Path) -> Path:
+    """An index.json over shards of other sets (urls relative to `root`, where it lives)."""
+    entries = [{"url": os.path.relpath(url, root), "count": count} for url, count in shards]
+    merged = {k: info[k] for k in ("schema_version", "sizes")}
+    merged.update(shards=entries, num_samples=sum(c for _, c in shards), num_failed=0)
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation, one model per process
+
+
+class BatchTimer:
+    """When every training batch starts and ends: steps, their period (data included) and the loop's span."""
+
+    def __init__(self) -> None:
+        import lightning as L
+
+        timer = self
+
+        class Callback(L.Callback):
+            def on_train_batch_start(self, *args) -> None:
+                timer.starts.append(time.perf_counter())
+
+            def on_train_batch_end(self, *args) -> None:
+                timer.end = time.perf_counter()
+
+        self.callback, self.starts, self.end = Callback(), [], None
+
+    @property
+    def steps(self) -> int:
+        return len(self.starts)
+
+    @property
+    def span(self) -> float:
+        return self.end - self.starts[0]
+
+    def seconds_per_step(self, skipped: int) -> float:
+        """Median start-to-start time after `skipped` warm-up steps: compute, data and loop overhead."""
+        return statistics.median(b - a for a, b in zip(self.starts[skipped:], self.starts[skipped + 1 :]))
+
+
+def fit(model: str, paths: dict, out: Path, max_steps: int, max_seconds: float | None, quick: bool):
+    """Trains through LightningCLI (as `native3d fit` does); returns (module, datamodule, timer)."""
+    from lightning.pytorch.cli import LightningCLI
+    import lightning as L
+
+    argv = [
+        "--config", str(model_config(model)), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
+        "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(paths["train"]),
+        "--data.val", str(paths["heldout"]), "--data.batch_size", str(BATCH_SIZE), "--data.num_workers", "0",
+        "--data.query_points", str(TRAIN_QUERIES), "--data.shuffle_buffer", "64" if quick else "256",
+        "--data.batches_per_epoch", str(max_steps), "--trainer.max_steps", str(max_steps),
+        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+        "--seed_everything", "0",
+    ]  # fmt: skip
+    if max_seconds is not None:
+        argv += ["--trainer.max_time", dd_hh_mm_ss(max_seconds)]
+    cli = LightningCLI(
+        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True}, run=False, args=argv,
+    )  # fmt: skip
+    timer = BatchTimer()
+    cli.trainer.callbacks.append(timer.callback)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return cli.model, cli.datamodule, timer
+
+
+def dd_hh_mm_ss(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours // 24:02d}:{hours % 24:02d}:{m:02d}:{s:02d}"
+
+
+def model_config(model: str) -> Path:
+    return CONFIGS / "autoencoder" / f"{model}_cpu.yaml"
+
+
+@torch.no_grad()
+def evaluate(autoencoder, train: Path, heldout: Path, mesh_shapes: int | None) -> dict[str, list[float]]:
+    """Per held-out shape: IoU; Chamfer-L1 / F-score of its 64^3 mesh for the first `mesh_shapes` (all if None)."""
+    from native3d.data.datamodule import ShardDataModule
+    from native3d.metrics import volume_iou
+    from native3d.training.autoencoder import mesh_scores
+    from native3d.training.previews import decode_previews
+
+    autoencoder.eval()
+    scores = {"iou": [], "chamfer_l1": [], "fscore": [], "no_surface": []}
+    datamodule = ShardDataModule(str(train), val=str(heldout), batch_size=BATCH_SIZE, num_workers=0)
+    for batch in datamodule.val_dataloader():  # every held-out shape once, with all its queries
+        latent = autoencoder.encode(autoencoder.inputs_from_batch(batch)).mode()
+        uniform = batch["query"][:, : batch["query"].shape[1] // 2]  # (B, Q/2, 4), uniform in the cube
+        pred = autoencoder.decode(latent, uniform[..., :3])
+        scores["iou"] += volume_iou(pred, uniform[..., 3], kind="sdf").value.tolist()
+        for i in range(len(latent)):
+            if mesh_shapes is not None and len(scores["chamfer_l1"]) + len(scores["no_surface"]) >= mesh_shapes:
+                break
+            previews = decode_previews(autoencoder, latent[i : i + 1], MESH_RESOLUTION)
+            mesh = mesh_scores(previews.points, batch["surface"][i : i + 1, :, :3])
+            if "chamfer_l1" in mesh:
+                scores["chamfer_l1"].append(float(mesh["chamfer_l1"]))
+                scores["fscore"].append(float(mesh["fscore_0.02"]))
+            else:
+                scores["no_surface"].append(batch["id"][i])
+    return scores
+
+
+@torch.no_grad()
+def input_grid_iou(train: Path, heldout: Path) -> list[float]:
+    """Per held-out shape: IoU of the stored 32^3 `sdf.npy` itself, read trilinearly at the uniform queries.
+
+    What a perfect decoder of the input grid would score: the ceiling set by the grid's resolution.
+    """
+    from native3d.autoencoders.decoders import sample_volume
+    from native3d.data.datamodule import ShardDataModule
+    from native3d.metrics import volume_iou
+
+    ious = []
+    for batch in ShardDataModule(str(train), val=str(heldout), batch_size=BATCH_SIZE, num_workers=0).val_dataloader():
+        uniform = batch["query"][:, : batch["query"].shape[1] // 2]
+        pred = sample_volume(batch["sdf"][:, None], uniform[..., :3])[..., 0]  # (B, Q/2)
+        ious += volume_iou(pred, uniform[..., 3], kind="sdf").value.tolist()
+    return ious
+
+
+def summary(scores: dict[str, list]) -> dict:
+    def mean(values: list[float]) -> float:
+        return statistics.fmean(values) if values else float("nan")
+
+    meshed = len(scores["chamfer_l1"]) + len(scores["no_surface"])
+    return {"shapes": len(scores["iou"]), "iou": mean(scores["iou"]), "meshed": meshed, "found": len(scores["chamfer_l1"]),
+            "chamfer_l1": mean(scores["chamfer_l1"]), "fscore": mean(scores["fscore"])}  # fmt: skip
+
+
+def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path) -> None:
+    """One model in this process: timing run, budgeted run, evaluation; writes a JSON result."""
+    torch.set_num_threads(THREADS)
+    sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `fit`, not from this script's command line
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    timing_steps, skipped = (6, 2) if quick else (TIMING_STEPS, STEPS_SKIPPED)
+    _, _, timing = fit(model, paths, out / "timing", timing_steps, None, quick)
+    seconds_per_step = timing.seconds_per_step(skipped)
+    budget = 60.0 * minutes
+    steps = max(skipped + 1, int(budget / seconds_per_step))
+    module, _, timer = fit(model, paths, out / "run", steps, budget, quick)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    done = timer.steps
+    result = {
+        "model": model,
+        "config": str(model_config(model).relative_to(ROOT)),
+        "params": sum(p.numel() for p in module.autoencoder.parameters()),
+        "latent_shape": list(module.autoencoder.latent_shape),
+        "seconds_per_step_timed": seconds_per_step,
+        "planned_steps": steps,
+        "steps": done,
+        "train_minutes": timer.span / 60,
+        "samples_per_second": done * BATCH_SIZE / timer.span,
+        "peak_rss_mb": peak_rss_mb,
+        "threads": torch.get_num_threads(),
+    }
+    per_set = {name[len("heldout-"):]: evaluate(module.autoencoder, paths["train"], path, mesh_shapes) for name, path in paths.items() if name.startswith("heldout-")}
+    result["heldout"] = summary({key: [v for scores in per_set.values() for v in scores[key]] for key in next(iter(per_set.values()))})
+    result.update({f"heldout-{name}": summary(scores) for name, scores in per_set.items()})
+    result_path.write_text(json.dumps(result, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def print_table(results: list[dict], paths: dict, minutes: dict[str, float], load: tuple) -> None:
+    train, held = load_index(paths["train"]), load_index(paths["heldout"])
+    print(f"data: {train.num_samples} training shapes, {held.num_samples} held-out shapes "
+          f"({', '.join(f'{k[8:]} {load_index(v).num_samples}' for k, v in paths.items() if k.startswith('heldout-'))}; "
+          f"the last shards of each set); sizes {train.info['sizes']}")  # fmt: skip
+    print(f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, torch threads {THREADS}, "
+          f"budget per model (min): {minutes}; load average before/after: {load[0]} / {load[1]}")  # fmt: skip
+    header = f"{'model':9} {'params':>9} {'latent':>14} {'steps':>6} {'min':>5} {'samples/s':>9} {'peakRSS MB':>10} "
+    header += f"{'IoU':>6} {'IoU prim':>8} {'IoU pyb':>8} {'CD-L1':>7} {'F@0.02':>7} {'meshes':>7}"
+    print(header)
+    for r in results:
+        h, p, b = r["heldout"], r["heldout-primitives"], r["heldout-pybullet"]
+        latent = "x".join(str(d) for d in r["latent_shape"])
+        print(
+            f"{r['model']:9} {r['params']:>9,} {latent:>14} {r['steps']:>6} {r['train_minutes']:>5.1f} "
+            f"{r['samples_per_second']:>9.1f} {r['peak_rss_mb']:>10.0f} {h['iou']:>6.3f} {p['iou']:>8.3f} {b['iou']:>8.3f} "
+            f"{h['chamfer_l1']:>7.4f} {h['fscore']:>7.3f} {h['found']:>3}/{h['meshed']:<3}"
+        )  # fmt: skip
+    print("IoU: sign agreement on the uniform half of each held-out shape's queries; CD-L1 / F@0.02: 64^3 decode_mesh "
+          "meshes (2,048 points) vs the shape's surface points, over the meshes with a surface (meshes = found/tried); "
+          "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process")  # fmt: skip
+    ceiling = {k[len("heldout-"):]: input_grid_iou(paths["train"], v) for k, v in paths.items() if k.startswith("heldout-")}
+    every = [v for values in ceiling.values() for v in values]
+    print(f"reference, no model: the input sdf.npy ({train.sizes.grid_resolution}^3) read trilinearly at the same queries: IoU {statistics.fmean(every):.3f} "
+          f"({', '.join(f'{k} {statistics.fmean(v):.3f}' for k, v in ceiling.items())})")  # fmt: skip
+    for model in MODELS:
+        print(f"full preset configs/autoencoder/{model}.yaml on GPU: memory and throughput not measured (no GPU lent)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model (at most 20)")
+    parser.add_argument("--data", type=Path, help="shard cache (default runs/bench/ae_data, or ae_data_quick with --quick)")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/bench/ae, or ae_quick with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny data, 0.5 minutes per model, 4 meshes per set")
+    parser.add_argument("--mesh-shapes", type=int, default=16, help="mesh the first N held-out shapes of each set (0: none, -1: all)")
+    args = parser.parse_args()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(models) - set(MODELS)
+    if unknown:
+        raise SystemExit(f"unknown models {sorted(unknown)}; choose from {MODELS}")
+    if args.minutes > 20:
+        raise SystemExit("--minutes is at most 20")
+    minutes = 0.5 if args.quick else args.minutes
+    suffix = "_quick" if args.quick else ""
+    data = args.data or ROOT / "runs" / "bench" / f"ae_data{suffix}"
+    out = args.out or ROOT / "runs" / "bench" / f"ae{suffix}"
+    mesh_shapes = 4 if args.quick else (None if args.mesh_shapes < 0 else args.mesh_shapes)
+    load_before = tuple(round(x, 2) for x in os.getloadavg())
+    paths = build_data(data, args.quick)
+    results = []
+    for model in models:
+        result_path = out / model / "result.json"
+        result_path.parent.mkdir(parents=True, exist_ok=True)
+        # One process per model: a clean peak RSS and no state shared between runs.
+        process = multiprocessing.get_context("spawn").Process(target=run_model, args=(model, paths, out / model, minutes, args.quick, mesh_shapes, result_path))
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"{model}: training process exited with {process.exitcode}")
+        results.append(json.loads(result_path.read_text()))
+        print(f"{model}: done", flush=True)
+    load_after = tuple(round(x, 2) for x in os.getloadavg())
+    print_table(results, paths, {m: minutes for m in models}, (load_before, load_after))
+    by_model = {r["model"]: r["heldout"]["iou"] for r in results}
+    print(" ".join(f"iou_{m}={by_model[m]:.4f}" if m in by_model else f"iou_{m}=nan" for m in MODELS))
+
+
+if __name__ == "__main__":
+    main()

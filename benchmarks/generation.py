@@ -1,0 +1,317 @@
+"""Text- and image-conditioned generation on the primitives, per backbone, trained for a fixed time on this CPU.
+
+Data: the real data-prep job builds procedural primitives (12 classes, each block of 12 items holds
+every class once) into `--data` at CPU sizes (SIZES: 32^3 grid, 2,048 surface points, 4,096
+queries, 2 views of 64 px); the last shards are held out. `train.json` and `heldout.json` in
+`--data` are shard-set indexes over them. Nothing held out is trained on, autoencoders included.
+
+Per backbone (SetDiT over VecSet latents, UNet3D over grid latents, TriplaneUNet over triplane
+latents), with the YAML a user gives `native3d fit`:
+  1. the autoencoder (configs/autoencoder/<ae>_tiny.yaml) for `--minutes-ae`;
+  2. its latents of the training shards (`native3d.encode.encode_shard_set`);
+  3. text-conditioned latent diffusion (configs/diffusion/<backbone>_tiny.yaml + configs/data/latents.yaml)
+     for `--minutes`;
+  4. `--samples-per-class` samples for the prompt "a <class>" of every class (`native3d.sampling`),
+     scored against the held-out shapes by `native3d.evaluation.generation.evaluate_generation`:
+     MMD / COV / 1-NNA (Chamfer-L1 on EVAL_POINTS points) and prompt accuracy (the class whose
+     nearest held-out shape is nearest to the sample; `samples.json` names each sample's class).
+Then the backbone with the best text accuracy is trained again with configs/conditioning/image_tiny.yaml
+composed after its diffusion config (a view encoder trained jointly, a random view per object) and
+sampled once per held-out object's view 0 (a PNG), `--samples-per-class` objects per class; the
+prompted class is that object's class.
+
+Training runs in this process through LightningCLI (as `native3d fit` does) with `max_time` = the
+budget and no step limit, so the learning rate is constant after warm-up and the EMA weights
+(decay 0.99, shorter than the YAML's 0.999 for runs of a few hundred steps) are what is sampled.
+The frozen text encoder runs once per distinct caption (`memoize_text_encoder`).
+torch uses one thread (another job shares this 2-core machine). Every stage writes its output
+under `--out` and a rerun reuses what exists: finished training is never redone.
+
+    .venv/bin/python benchmarks/generation.py [--minutes-ae 3] [--minutes 5] [--samples-per-class 5] [--quick]
+
+The last line is machine-readable:
+`text_acc_setdit=<a> text_acc_unet3d=<b> text_acc_triplane=<c> image_acc_best=<d>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from autoencoders import dd_hh_mm_ss, prep, write_index  # benchmarks/autoencoders.py: the same data plumbing
+from native3d.conditioning.text import HFTextEncoder
+from native3d.data.shards import iter_samples, load_index
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+BACKBONES = {  # name -> (autoencoder config, diffusion config)
+    "setdit": ("vecset_tiny.yaml", "set_dit_tiny.yaml"),
+    "unet3d": ("grid_tiny.yaml", "unet3d_tiny.yaml"),
+    "triplane": ("triplane_tiny.yaml", "triplane_unet_tiny.yaml"),
+}
+SIZES = ["--surface-points", "2048", "--grid-resolution", "32", "--query-points", "4096", "--views", "2", "--view-size", "64"]
+THREADS = 1
+AE_BATCH, AE_QUERIES = 8, 2048
+DIFFUSION_BATCH = 32
+EMA_DECAY = 0.99
+SAMPLE_STEPS, GUIDANCE, MESH_RESOLUTION = 25, 3.0, 64
+EVAL_POINTS = 512
+
+
+def data_plan(quick: bool) -> dict:
+    """Primitives count, shard size and held-out shards; counts are whole blocks of 12, one of each class."""
+    if quick:
+        return {"count": 96, "shard_size": 24, "held_out": 1}
+    return {"count": 720, "shard_size": 48, "held_out": 3}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def build_data(data: Path, quick: bool) -> dict[str, Path]:
+    """Builds (or resumes) the primitives and writes the train and held-out indexes."""
+    from native3d.data.datamodule import hold_out
+
+    plan, out = data_plan(quick), data / "primitives"
+    if not (out / "index.json").is_file():
+        source = ["--source", "primitives", "--count", str(plan["count"]), "--seed", "0"]
+        prep(["build", *source, "--out", str(out), "--shard-size", str(plan["shard_size"]), "--workers", "1", *SIZES])
+        prep(["index", "--out", str(out)])
+    train, heldout = hold_out(load_index(out), plan["held_out"])
+    return {
+        "train": write_index(data / "train.json", train.shards, train.info, data),
+        "heldout": write_index(data / "heldout.json", heldout.shards, heldout.info, data),
+    }
+
+
+def class_of(sample: dict) -> str:
+    return sample["meta.json"]["class"]
+
+
+def heldout_views(heldout: Path, per_class: int, folder: Path) -> dict[str, str]:
+    """View 0 of the first `per_class` held-out objects of each class as PNGs: {png path: class}."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images, taken = {}, {}
+    for sample in iter_samples(heldout):
+        cls = class_of(sample)
+        if taken.get(cls, 0) >= per_class:
+            continue
+        taken[cls] = taken.get(cls, 0) + 1
+        path = folder / f"{cls}-{sample['__key__']}.png"
+        Image.fromarray(sample["views.npy"][0]).save(path)
+        images[str(path)] = cls
+    return images
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (LightningCLI in this process, as `native3d fit`)
+
+
+def fit(configs: list[Path], overrides: list[str], out: Path, minutes: float) -> Path:
+    """Trains for `minutes` (max_time, no step limit); saves `<out>/final.ckpt` and `<out>/train.json`."""
+    import lightning as L
+    from lightning.pytorch.cli import LightningCLI
+
+    final = out / "final.ckpt"
+    if final.is_file():
+        return final
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts over
+    argv = [arg for config in configs for arg in ("--config", str(config))]
+    argv += [
+        *overrides, "--trainer.max_steps", "-1", "--trainer.max_time", dd_hh_mm_ss(60 * minutes),
+        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out), "--seed_everything", "0",
+    ]  # fmt: skip
+    cli = LightningCLI(
+        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True}, run=False, args=argv,
+    )  # fmt: skip
+    memoize_text_encoder(cli.model)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    seconds = time.perf_counter() - start
+    cli.trainer.save_checkpoint(final)  # the EMA weights: WeightAveraging copies them in at the end of fit
+    record = {"steps": cli.trainer.global_step, "minutes": seconds / 60, "budget_minutes": minutes, "configs": [str(c.relative_to(ROOT)) for c in configs]}
+    (out / "train.json").write_text(json.dumps(record, indent=2))
+    return final
+
+
+def memoize_text_encoder(model) -> None:
+    """One forward of the frozen text encoder per distinct caption, not per step (the same numbers:
+    captions are padded to a fixed length, so a row does not depend on its batch). On one core the
+    encoder otherwise costs more than the denoiser's step."""
+    encoder = getattr(getattr(model, "conditioner", None), "encoder", None)
+    if not isinstance(encoder, HFTextEncoder):
+        return
+    cache, encode = {}, encoder.encode
+
+    def cached(texts: list[str]) -> dict:
+        missing = sorted({t for t in texts if t not in cache})
+        if missing:
+            fresh = encode(missing)
+            cache.update({t: {k: v[i] for k, v in fresh.items()} for i, t in enumerate(missing)})
+        return {k: torch.stack([cache[t][k] for t in texts]) for k in ("tokens", "mask", "pooled")}
+
+    encoder.encode = cached
+
+
+def fit_autoencoder(config: str, paths: dict, out: Path, minutes: float) -> Path:
+    overrides = [
+        "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(paths["train"]),
+        "--data.batch_size", str(AE_BATCH), "--data.num_workers", "0", "--data.query_points", str(AE_QUERIES),
+        "--data.shuffle_buffer", "256", "--data.batches_per_epoch", "100",
+    ]  # fmt: skip
+    return fit([CONFIGS / "autoencoder" / config, CONFIGS / "trainer" / "cpu.yaml"], overrides, out, minutes)
+
+
+def fit_diffusion(config: str, ae_ckpt: Path, latents: Path, out: Path, minutes: float, image: bool) -> Path:
+    configs = [CONFIGS / "diffusion" / config]
+    configs += [CONFIGS / "conditioning" / "image_tiny.yaml"] if image else []
+    configs += [CONFIGS / "trainer" / "cpu.yaml", CONFIGS / "data" / "latents.yaml"]
+    overrides = [
+        "--data.train", str(latents), "--data.val_shards", "0", "--data.batch_size", str(DIFFUSION_BATCH),
+        "--data.num_workers", "0", "--data.shuffle_buffer", "256", "--data.batches_per_epoch", "100",
+        "--model.init_args.autoencoder", str(ae_ckpt), "--model.init_args.ema_decay", str(EMA_DECAY),
+    ]  # fmt: skip
+    return fit(configs, overrides, out, minutes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and evaluation
+
+
+def sample_and_evaluate(ckpt: Path, conditions: dict[str, str], image: bool, num: int, folder: Path, reference: Path) -> dict:
+    """Samples `num` meshes per condition (prompt or PNG -> class), tags each with its class, evaluates; returns the summary."""
+    from native3d.evaluation.generation import evaluate_generation
+    from native3d.evaluation.report import EvaluationReport, write_report
+    from native3d.sampling import SampleSettings, sample_to_folder
+
+    metrics = folder / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())["summary"]
+    samples = folder / "samples"
+    if not (samples / "samples.json").is_file():
+        shutil.rmtree(samples, ignore_errors=True)
+        settings = SampleSettings(
+            ckpt=str(ckpt), num=num, steps=SAMPLE_STEPS, guidance=GUIDANCE, resolution=MESH_RESOLUTION, batch_size=num, format="ply",
+            **({"images": list(conditions)} if image else {"prompts": list(conditions)}),
+        )  # fmt: skip
+        summary = sample_to_folder(settings, samples)
+        labels = {Path(c).stem if image else c: cls for c, cls in conditions.items()}
+        for record in summary["samples"]:
+            record["class"] = labels[record["prompt"]]
+        (samples / "samples.json").write_text(json.dumps(summary, indent=2))
+    requested = len(json.loads((samples / "samples.json").read_text())["samples"])
+    try:
+        report = evaluate_generation(samples, reference, points=EVAL_POINTS, metric="chamfer", class_distance="min")
+    except ValueError as error:  # no sample decoded to a surface: nothing to measure, every sample is wrong
+        report = EvaluationReport("generation", {"meshes": str(samples)}, {}, {"num_samples": 0, "num_failed": requested, "error": str(error)})
+    summary = report.summary
+    correct = (summary.get("prompt_accuracy") or 0.0) * summary.get("num_prompted", 0)
+    summary["accuracy_of_requested"] = correct / requested  # a sample without a surface counts as wrong
+    write_report(report, folder)
+    return report.to_dict()["summary"]
+
+
+def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: float, prompts: dict, num: int) -> dict:
+    from native3d.encode import encode_shard_set
+
+    ae_config, diffusion_config = BACKBONES[name]
+    ae_ckpt = fit_autoencoder(ae_config, paths, out / "autoencoders" / name, minutes_ae)
+    latents = out / "latents" / name
+    if not (latents / "index.json").is_file():
+        encode_shard_set(str(ae_ckpt), str(paths["train"]), str(latents))
+    ckpt = fit_diffusion(diffusion_config, ae_ckpt, latents, out / "diffusion" / f"{name}-text", minutes, image=False)
+    summary = sample_and_evaluate(ckpt, prompts, False, num, out / "eval" / f"{name}-text", paths["heldout"])
+    return {"backbone": name, "condition": "text", "ae": train_record(ae_ckpt), "diffusion": train_record(ckpt), **summary}
+
+
+def run_image(name: str, paths: dict, out: Path, minutes: float, per_class: int) -> dict:
+    ae_ckpt = out / "autoencoders" / name / "final.ckpt"
+    ckpt = fit_diffusion(BACKBONES[name][1], ae_ckpt, out / "latents" / name, out / "diffusion" / f"{name}-image", minutes, image=True)
+    images = heldout_views(paths["heldout"], per_class, out / "eval" / "heldout_views")
+    summary = sample_and_evaluate(ckpt, images, True, 1, out / "eval" / f"{name}-image", paths["heldout"])
+    return {"backbone": name, "condition": "image", "ae": train_record(ae_ckpt), "diffusion": train_record(ckpt), **summary}
+
+
+def train_record(ckpt: Path) -> dict:
+    return json.loads((ckpt.parent / "train.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def print_table(results: list[dict], paths: dict, args: argparse.Namespace, load: tuple) -> None:
+    train, held = load_index(paths["train"]), load_index(paths["heldout"])
+    print(f"data: primitives, {train.num_samples} training / {held.num_samples} held-out shapes (the last shards), "
+          f"12 classes, sizes {train.info['sizes']}")  # fmt: skip
+    print(f"budgets: autoencoder {args.minutes_ae} min, diffusion {args.minutes} min per model (max_time; constant lr after "
+          f"warm-up, EMA {EMA_DECAY}); diffusion batch {DIFFUSION_BATCH}; torch threads {THREADS}; load average before/after: {load[0]} / {load[1]}")  # fmt: skip
+    print(f"sampling: Euler {SAMPLE_STEPS} steps, guidance {GUIDANCE}, marching cubes {MESH_RESOLUTION}^3; text: prompt "
+          f"'a <class>', {args.samples_per_class} samples per class; image: view 0 of {args.samples_per_class} held-out objects per class, 1 sample each")  # fmt: skip
+    print(f"metrics: Chamfer-L1 on {EVAL_POINTS} points per shape vs the held-out set; accuracy = nearest class (min distance) is the prompted one; chance 1/12 = 0.083")
+    header = f"{'backbone':9} {'cond':5} {'AE steps':>8} {'LDM steps':>9} {'LDM min':>7} {'meshed':>7} {'accuracy':>8} {'acc/meshed':>10} {'MMD':>7} {'COV':>6} {'1-NNA':>6}"
+    print(header)
+    for r in results:
+        meshed = f"{r['num_samples']}/{r['num_samples'] + r['num_failed']}"
+        print(
+            f"{r['backbone']:9} {r['condition']:5} {r['ae']['steps']:>8} {r['diffusion']['steps']:>9} {r['diffusion']['minutes']:>7.1f} "
+            f"{meshed:>7} {fmt(r['accuracy_of_requested']):>8} {fmt(r.get('prompt_accuracy')):>10} {fmt(r.get('mmd')):>7} "
+            f"{fmt(r.get('cov')):>6} {fmt(r.get('1-nna')):>6}"
+        )  # fmt: skip
+    print("accuracy: over all samples asked for (one that decodes to no surface is wrong); acc/meshed: over the meshed ones (the evaluation's prompt_accuracy)")
+
+
+def fmt(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes-ae", type=float, default=3.0, help="autoencoder training budget per model")
+    parser.add_argument("--minutes", type=float, default=5.0, help="diffusion training budget per model (at most 30)")
+    parser.add_argument("--samples-per-class", type=int, default=5)
+    parser.add_argument("--data", type=Path, help="shard cache (default runs/bench/gen_data, or gen_data_quick with --quick)")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/bench/gen, or gen_quick with --quick)")
+    parser.add_argument("--quick", action="store_true", help="96 shapes, 0.5 min per autoencoder, 0.5 per diffusion model, 2 samples per class")
+    args = parser.parse_args()
+    if args.minutes > 30:
+        raise SystemExit("--minutes is at most 30")
+    if args.quick:
+        args.minutes_ae, args.minutes, args.samples_per_class = 0.5, 0.5, 2
+    suffix = "_quick" if args.quick else ""
+    data = args.data or ROOT / "runs" / "bench" / f"gen_data{suffix}"
+    out = args.out or ROOT / "runs" / "bench" / f"gen{suffix}"
+    torch.set_num_threads(THREADS)
+    sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `fit`, not from this script's command line
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    load_before = tuple(round(x, 2) for x in os.getloadavg())
+    paths = build_data(data, args.quick)
+    classes = sorted({class_of(s) for s in iter_samples(paths["heldout"])})
+    prompts = {f"a {cls}": cls for cls in classes}
+    results = []
+    for name in BACKBONES:
+        results.append(run_backbone(name, paths, out, args.minutes_ae, args.minutes, prompts, args.samples_per_class))
+        print(f"{name} text: accuracy {fmt(results[-1]['accuracy_of_requested'])}", flush=True)
+    best = max(results, key=lambda r: r["accuracy_of_requested"])["backbone"]
+    results.append(run_image(best, paths, out, args.minutes, args.samples_per_class))
+    load_after = tuple(round(x, 2) for x in os.getloadavg())
+    print_table(results, paths, args, (load_before, load_after))
+    text = {r["backbone"]: r["accuracy_of_requested"] for r in results if r["condition"] == "text"}
+    print(" ".join(f"text_acc_{name}={fmt(text.get(name))}" for name in BACKBONES) + f" image_acc_best={fmt(results[-1]['accuracy_of_requested'])}")
+
+
+if __name__ == "__main__":
+    main()
