@@ -88,15 +88,16 @@ def iter_source(args: argparse.Namespace) -> Iterator[MeshItem]:
     return iter_primitives(count=args.count, seed=args.seed, limit=args.limit)
 
 
+SIZE_FIELDS = ("surface_points", "grid_resolution", "query_points", "views", "view_size", "truncation")
+
+
 def sizes_from_args(args: argparse.Namespace) -> Sizes:
-    return Sizes(
-        surface_points=args.surface_points,
-        grid_resolution=args.grid_resolution,
-        query_points=args.query_points,
-        views=args.views,
-        view_size=args.view_size,
-        truncation=args.truncation,
-    )
+    return Sizes(**{name: getattr(args, name) for name in SIZE_FIELDS})
+
+
+def size_arguments(sizes: Sizes) -> list[str]:
+    """The `build` options that ask for `sizes` (the inverse of `sizes_from_args`)."""
+    return [a for name in SIZE_FIELDS for a in (f"--{name.replace('_', '-')}", str(getattr(sizes, name)))]
 
 
 def source_record(args: argparse.Namespace) -> dict:

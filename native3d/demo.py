@@ -71,14 +71,9 @@ def cli(argv: list[str]) -> None:
         raise SystemExit(f"native3d {argv[0]} failed with exit code {code}")
 
 
-def size_arguments(sizes: Sizes) -> list[str]:
-    return [
-        "--surface-points", sizes.surface_points, "--grid-resolution", sizes.grid_resolution,
-        "--query-points", sizes.query_points, "--views", sizes.views, "--view-size", sizes.view_size,
-    ]  # fmt: skip
-
-
 def build_shards(folder: Path, source: list[str], workers: int) -> None:
+    from data_prep.cli import size_arguments
+
     cli(["prep", "build", *source, "--out", folder, "--workers", workers, *size_arguments(DEMO_SIZES)])
     cli(["prep", "index", "--out", folder])
     cli(["prep", "report", "--out", folder])

@@ -16,6 +16,7 @@ import pytest
 
 from data_prep.build import BuildConfig, job_of, run_build
 from data_prep.cli import main as prep
+from data_prep.cli import size_arguments
 from data_prep.index import build_index
 from data_prep.ledger import Ledger, ledger_path
 from data_prep.report import build_report
@@ -24,13 +25,6 @@ from native3d.data.schema import ARRAY_KEYS, SchemaError, expected_shape
 from native3d.data.shards import AtomicShardWriter, encode_sample, iter_samples, load_index
 
 BROKEN = {"empty.stl", "corrupt.glb", "points.ply"}
-
-
-def size_args(sizes) -> list[str]:
-    return [
-        "--surface-points", str(sizes.surface_points), "--grid-resolution", str(sizes.grid_resolution),
-        "--query-points", str(sizes.query_points), "--views", str(sizes.views), "--view-size", str(sizes.view_size),
-    ]  # fmt: skip
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
@@ -48,7 +42,7 @@ def fingerprint(folder: Path) -> dict[str, str]:
 
 def test_build_reads_back_and_names_failures(real_mesh_folder, tiny_sizes, tmp_path, capsys):
     out = tmp_path / "shards"
-    code = prep(["build", "--source", "local", "--root", str(real_mesh_folder), "--out", str(out), "--shard-size", "4", *size_args(tiny_sizes)])
+    code = prep(["build", "--source", "local", "--root", str(real_mesh_folder), "--out", str(out), "--shard-size", "4", *size_arguments(tiny_sizes)])
     assert code == 0
     assert "6 ok, 3 failed" in capsys.readouterr().out
     ledger = Ledger(ledger_path(out, 0)).latest()
@@ -92,7 +86,7 @@ def test_kill_and_resume_yields_the_uninterrupted_set(real_mesh_folder, tiny_siz
 
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "data_prep", "build", "--source", "local", "--root", str(real_mesh_folder),
-               "--out", str(out), "--shard-size", "2", *size_args(tiny_sizes)]  # fmt: skip
+               "--out", str(out), "--shard-size", "2", *size_arguments(tiny_sizes)]  # fmt: skip
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.tar")) and time.monotonic() < deadline and job.poll() is None:
@@ -100,7 +94,7 @@ def test_kill_and_resume_yields_the_uninterrupted_set(real_mesh_folder, tiny_siz
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert list(out.glob("*.tar")), "the job was killed after its first shard"
-    assert prep(["build", "--source", "local", "--root", str(real_mesh_folder), "--out", str(out), "--shard-size", "2", *size_args(tiny_sizes)]) == 0
+    assert prep(["build", "--source", "local", "--root", str(real_mesh_folder), "--out", str(out), "--shard-size", "2", *size_arguments(tiny_sizes)]) == 0
     assert not list(out.glob("*.tmp"))
     assert fingerprint(out) == expected
 
