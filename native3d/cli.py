@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from native3d.evaluation.command import add_arguments as add_evaluate_arguments
+from native3d.options import add_sampling_arguments
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -47,16 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--device", default="cpu")
     sample = commands.add_parser("sample", help="meshes from a latent-diffusion checkpoint")
     sample.add_argument("--ckpt", required=True)
-    sample.add_argument("--prompt", action="append", default=[], help="text prompt (repeatable)")
-    sample.add_argument("--image", action="append", default=[], help="conditioning image, PNG or a mesh file to render (repeatable)")
-    sample.add_argument("--num", type=int, default=4, help="samples per prompt or image")
-    sample.add_argument("--steps", type=int, default=50)
-    sample.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    add_sampling_arguments(sample)
     sample.add_argument("--resolution", type=int, default=128, help="marching-cubes cells per axis")
-    sample.add_argument("--dense", action="store_true", help="decode the dense grid instead of coarse-to-fine")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=8)
-    sample.add_argument("--format", default="glb", choices=("glb", "obj", "ply"))
     sample.add_argument("--device", default="cuda" if _cuda() else "cpu")
     sample.add_argument("--out", required=True)
     evaluate = commands.add_parser("evaluate", help="reconstruction metrics of an autoencoder, or generated meshes against a reference set")
@@ -74,14 +69,9 @@ def _cuda() -> bool:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from native3d.sampling import SampleSettings, sample_to_folder
+    from native3d.sampling import sample_to_folder, settings_from_args
 
-    settings = SampleSettings(
-        ckpt=args.ckpt, prompts=args.prompt, images=args.image, num=args.num, steps=args.steps, guidance=args.guidance,
-        resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, format=args.format,
-        coarse_to_fine=not args.dense, device=args.device,
-    )  # fmt: skip
-    summary = sample_to_folder(settings, args.out)
+    summary = sample_to_folder(settings_from_args(args), args.out)
     written = sum(1 for s in summary["samples"] if s["file"])
     print(f"{args.out}: {written} of {len(summary['samples'])} samples meshed, {summary['seconds_per_sample']:.2f}s per sample")
     return 0

@@ -22,10 +22,10 @@ from PIL import Image
 from native3d.autoencoders.meshing import decode_mesh
 from native3d.geometry.marching_cubes import NoSurfaceError
 from native3d.geometry.render import fixed_cameras, render_views
+from native3d.options import FORMATS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("glb", "obj", "ply")
 
 
 @dataclass
@@ -42,6 +42,15 @@ class SampleSettings:
     format: str = "glb"
     coarse_to_fine: bool = True
     device: str = "cpu"
+
+
+def settings_from_args(args) -> SampleSettings:
+    """`SampleSettings` from parsed `add_sampling_arguments` options plus --ckpt, --resolution, --seed, --batch-size, --device."""
+    return SampleSettings(
+        ckpt=args.ckpt, prompts=args.prompt, images=args.image, num=args.num, steps=args.steps, guidance=args.guidance,
+        resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, format=args.format,
+        coarse_to_fine=not args.dense, device=args.device,
+    )  # fmt: skip
 
 
 def load_diffusion(ckpt: str | os.PathLike, device: str = "cpu"):
@@ -76,7 +85,7 @@ def image_condition(model, path: str) -> dict:
     from native3d.conditioning.image import image_from_path
 
     size = getattr(model.conditioner.encoder, "image_size", 224)
-    image = torch.from_numpy(image_from_path(path, size))[None].to(model.device)  # (1, H, W, 3)
+    image = torch.tensor(image_from_path(path, size))[None].to(model.device)  # (1, H, W, 3)
     return model.conditioner.encode_images(image)
 
 
@@ -84,10 +93,14 @@ def repeat_cond(cond: dict | None, count: int) -> dict | None:
     return None if cond is None else {k: v.expand(count, *v.shape[1:]) for k, v in cond.items()}
 
 
-def sample_to_folder(settings: SampleSettings, out: str | os.PathLike) -> dict:
+def sample_to_folder(settings: SampleSettings, out: str | os.PathLike, model=None) -> dict:
+    """Samples, meshes and renders every requested condition into `out`; returns what `samples.json` holds.
+
+    `model` is the loaded checkpoint when the caller has it already (else `settings.ckpt` is loaded).
+    """
     if settings.format not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {settings.format!r}")
-    model = load_diffusion(settings.ckpt, settings.device)
+    model = model if model is not None else load_diffusion(settings.ckpt, settings.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator(settings.device).manual_seed(settings.seed)

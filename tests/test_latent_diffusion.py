@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from native3d.cli import main as native3d
+from native3d.data.shards import iter_samples
 from native3d.encode import encode_shard_set
 from native3d.sampling import SampleSettings, load_diffusion, sample_to_folder
 
@@ -95,3 +96,47 @@ def test_wrong_checkpoints_are_named(latent_sets, tmp_path):
         load_diffusion(tmp_path / "nope.ckpt")
     with pytest.raises(ValueError, match="not a latent-diffusion checkpoint"):
         load_diffusion(ae)
+
+
+def evaluate_checkpoint_cli(ckpt: Path, reference: Path, out: Path, *extra: str) -> dict:
+    argv = ["evaluate", "--ckpt", str(ckpt), "--reference", str(reference), "--out", str(out)]
+    argv += ["--steps", "2", "--resolution", "32", "--points", "256", "--format", "ply", *extra]
+    assert native3d(argv) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluate_samples_a_text_checkpoint_per_reference_class_and_reuses_the_samples(latent_sets, primitive_shards, tmp_path):
+    ae, latents = latent_sets["triplane_tiny.yaml"]
+    ckpt = fit_diffusion("triplane_unet_tiny.yaml", ae, latents, tmp_path / "run", steps=2)
+    classes = {s["meta.json"]["class"] for s in iter_samples(primitive_shards)}
+    metrics = evaluate_checkpoint_cli(ckpt, primitive_shards, tmp_path / "eval", "--num", "2")
+    listed = json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["samples"]
+    assert sorted(e["prompt"] for e in listed) == sorted(f"a {c}" for c in classes for _ in range(2))
+    assert all(e["class"] == e["prompt"][2:] for e in listed), "every sample is tagged with the class it was asked for"
+    summary = metrics["summary"]
+    assert summary["num_requested"] == 2 * len(classes)
+    assert summary["num_samples"] + summary["num_failed"] == summary["num_requested"]
+    assert metrics["inputs"]["ckpt"] == str(ckpt)
+    if summary["num_samples"]:
+        assert summary["num_prompted"] == summary["num_samples"]
+        assert summary["prompt_accuracy_of_requested"] == pytest.approx(summary["prompt_accuracy"] * summary["num_samples"] / summary["num_requested"])
+    stamp = (tmp_path / "eval" / "samples" / "samples.json").stat().st_mtime_ns
+    evaluate_checkpoint_cli(ckpt, primitive_shards, tmp_path / "eval", "--num", "2")
+    assert (tmp_path / "eval" / "samples" / "samples.json").stat().st_mtime_ns == stamp, "same settings: samples reused"
+    evaluate_checkpoint_cli(ckpt, primitive_shards, tmp_path / "eval", "--num", "1")
+    assert len(json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["samples"]) == len(classes)
+
+
+def test_evaluate_conditions_an_image_checkpoint_on_reference_views(latent_sets, primitive_shards, tmp_path):
+    ae, latents = latent_sets["triplane_tiny.yaml"]
+    image = str(CONFIGS / "conditioning" / "image_tiny.yaml")
+    ckpt = fit_diffusion("triplane_unet_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", image))
+    metrics = evaluate_checkpoint_cli(ckpt, primitive_shards, tmp_path / "eval", "--num", "1")
+    views = sorted((tmp_path / "eval" / "conditions").glob("*.png"))
+    per_class = {}
+    for sample in iter_samples(primitive_shards):
+        per_class.setdefault(sample["meta.json"]["class"], sample["__key__"])
+    assert [v.name for v in views] == sorted(f"{c}-{key}.png" for c, key in per_class.items()), "view 0 of the first object of each class"
+    listed = json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["samples"]
+    assert sorted(e["class"] for e in listed) == sorted(per_class)
+    assert metrics["summary"]["num_requested"] == len(per_class)

@@ -2,36 +2,40 @@
 
     native3d evaluate --ckpt AE.ckpt --data SHARDS --out DIR          reconstruction metrics
     native3d evaluate --meshes FOLDER --reference SHARDS --out DIR    generated meshes vs a reference
+    native3d evaluate --ckpt LDM.ckpt --reference SHARDS --out DIR    sample a diffusion checkpoint
+                                                                      into DIR/samples, then as --meshes
 
-`--ckpt LDM.ckpt --reference SHARDS` (sample a diffusion checkpoint, then evaluate the folder) is
-the slot for "`native3d sample` into a folder, then `evaluate_generation` of it"; until the
-sampling options are wired in here, that combination is refused with the two-step recipe.
+With `--ckpt LDM.ckpt` and no --prompt/--image, a conditional model is asked for the reference's
+classes ("a <class>" for text, held-out views for images; see `evaluate_checkpoint`).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from native3d.options import add_sampling_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to evaluate (one of)")
-    what.add_argument("--ckpt", help="autoencoder checkpoint (with --data)")
+    what.add_argument("--ckpt", help="autoencoder checkpoint (with --data) or latent-diffusion checkpoint (with --reference)")
     what.add_argument("--data", help="shard set (folder or index.json) to reconstruct (with --ckpt)")
     what.add_argument("--meshes", help="folder of generated meshes, optionally with samples.json (with --reference)")
-    what.add_argument("--reference", help="reference shard set for --meshes")
+    what.add_argument("--reference", help="reference shard set for --meshes or a diffusion --ckpt")
     parser.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
     parser.add_argument("--points", type=int, default=2048, help="points per shape for point-cloud metrics")
     parser.add_argument("--seed", type=int, default=0, help="seed of every point subsample")
     recon = parser.add_argument_group("reconstruction (--ckpt --data)")
-    recon.add_argument("--resolution", type=int, default=64, help="marching-cubes cells per axis")
+    parser.add_argument("--resolution", type=int, default=64, help="marching-cubes cells per axis (reconstructions and samples)")
     recon.add_argument("--limit", type=int, help="the first N objects of the shard set")
     recon.add_argument("--fscore-threshold", type=float, default=0.02, help="F-score distance, normalized frame")
-    recon.add_argument("--batch-size", type=int, default=8)
-    recon.add_argument("--device", default="cpu")
-    gen = parser.add_argument_group("generation (--meshes --reference)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    gen = parser.add_argument_group("generation (--meshes or a diffusion --ckpt, with --reference)")
     gen.add_argument("--metric", choices=("chamfer", "emd"), default="chamfer", help="Chamfer-L1 or exact EMD")
     gen.add_argument("--class-distance", choices=("min", "mean"), default="min",
                      help="prompt accuracy: nearest class by min or mean distance to its references")  # fmt: skip
+    add_sampling_arguments(parser.add_argument_group("sampling (a diffusion --ckpt with --reference)"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +66,14 @@ def evaluate(args: argparse.Namespace):
             args.meshes, args.reference, points=args.points, metric=args.metric, class_distance=args.class_distance, seed=args.seed
         )
     if args.ckpt and args.reference and not (args.meshes or args.data):
-        raise SystemExit(
-            "native3d evaluate: a diffusion checkpoint is evaluated in two steps: "
-            "`native3d sample --ckpt LDM.ckpt ... --out FOLDER`, then `native3d evaluate --meshes FOLDER --reference SHARDS --out DIR`"
-        )
-    raise SystemExit("native3d evaluate: give either --ckpt AE.ckpt --data SHARDS, or --meshes FOLDER --reference SHARDS")
+        from native3d.evaluation.generation import evaluate_checkpoint
+        from native3d.sampling import settings_from_args
+
+        return evaluate_checkpoint(
+            settings_from_args(args), args.reference, args.out, points=args.points, metric=args.metric,
+            class_distance=args.class_distance, seed=args.seed,
+        )  # fmt: skip
+    raise SystemExit(
+        "native3d evaluate: give --ckpt AE.ckpt --data SHARDS, --meshes FOLDER --reference SHARDS, "
+        "or --ckpt LDM.ckpt --reference SHARDS"
+    )
