@@ -49,7 +49,8 @@ from native3d.data.shards import load_index
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 MODELS = ("vecset", "grid", "triplane")
-SIZES = ["--surface-points", "2048", "--grid-resolution", "32", "--query-points", "4096", "--views", "0", "--view-size", "32"]
+GRID_RESOLUTION = 64
+SIZES = ["--surface-points", "2048", "--grid-resolution", str(GRID_RESOLUTION), "--query-points", "4096", "--views", "0", "--view-size", "32"]
 THREADS = 2  # the machine's cores
 BATCH_SIZE = 8
 TRAIN_QUERIES = 2048  # a random half of each shape's queries per step
@@ -82,6 +83,8 @@ def build_data(data: Path, quick: bool) -> dict[str, Path]:
     train_shards, sets, held = [], {}, {}
     for name, plan in data_plan(quick).items():
         out = data / name
+        if (out / "index.json").is_file() and load_index(out).sizes.grid_resolution != GRID_RESOLUTION:
+            raise SystemExit(f"{out}: built with another grid resolution than {GRID_RESOLUTION}; give another --data")
         if not (out / "index.json").is_file():
             build = ["build", *plan["source"], "--out", str(out), "--shard-size", str(plan["shard_size"]), "--workers", str(THREADS), *SIZES]
             prep(build)
@@ -325,7 +328,7 @@ def main() -> None:
         raise SystemExit("--minutes is at most 20")
     minutes = 0.5 if args.quick else args.minutes
     suffix = "_quick" if args.quick else ""
-    data = args.data or ROOT / "runs" / "bench" / f"ae_data{suffix}"
+    data = args.data or ROOT / "runs" / "bench" / f"ae_data{GRID_RESOLUTION}{suffix}"
     out = args.out or ROOT / "runs" / "bench" / f"ae{suffix}"
     mesh_shapes = 4 if args.quick else (None if args.mesh_shapes < 0 else args.mesh_shapes)
     load_before = tuple(round(x, 2) for x in os.getloadavg())

@@ -20,7 +20,21 @@ from native3d.autoencoders.loss import eikonal_loss
 from native3d.autoencoders.triplane import axis_context
 from native3d.data.schema import grid_coords
 
-PRESETS = [vecset_tiny, grid_tiny, triplane_tiny]
+
+
+def grid_patched() -> GridVAE:
+    """The grid VAE that patchifies its input (2^3 patches): R=32 -> features 16^3 -> latent 8^3."""
+    return GridVAE(resolution=32, channels=(8, 16), latent_channels=8, feature_channels=8, head_hidden=32, head_layers=1, patch_size=2)
+
+
+def triplane_with_points() -> TriplaneVAE:
+    """The triplane VAE that also pools surface-point embeddings onto its planes."""
+    return TriplaneVAE(
+        resolution=32, channels=(16, 32, 32), latent_channels=8, feature_channels=16, head_hidden=32, head_layers=1, point_channels=8
+    )
+
+
+PRESETS = [vecset_tiny, grid_tiny, triplane_tiny, grid_patched, triplane_with_points]
 B, N, R, Q = 2, 512, 32, 256
 RADIUS, TRUNCATION = 0.5, 0.1
 
@@ -142,6 +156,38 @@ def test_latent_statistics_travel_in_state_dict(preset, batch):
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(fresh.latent_std, model.latent_std)
     assert model.normalize_latent(model.encode(model.inputs_from_batch(batch)).mode()).shape == (B, *shape)
+
+
+def test_patched_grid_reads_its_feature_volume_at_patch_resolution(batch):
+    model = grid_patched().eval()
+    latent = model.encode(model.inputs_from_batch(batch)).mode()
+    assert latent.shape == (B, 8, 8, 8, 8)
+    assert model.decoder_features(latent).shape == (B, 8, 16, 16, 16)
+    with pytest.raises(ValueError, match="not divisible"):
+        GridVAE(resolution=36, channels=(8, 16), patch_size=4)
+
+
+def test_point_pooling_averages_point_embeddings_into_their_nearest_plane_cells():
+    from native3d.autoencoders.triplane import PointPooling
+
+    torch.manual_seed(0)
+    pooling = PointPooling(channels=4, resolution=5)  # corners at -1, -0.5, 0, 0.5, 1
+    points = torch.tensor([[[0.5, -1.0, 0.0], [0.45, -0.9, 0.9], [-1.0, 1.0, 1.0]]])  # (1, 3, 3)
+    surface = torch.cat([points, torch.nn.functional.normalize(torch.ones(1, 3, 3), dim=-1)], dim=-1)
+    planes = pooling(surface)  # (1, 3, 4, 5, 5)
+    h = pooling.embed(surface[..., :3], surface[..., 3:])
+    h = (h + pooling.mlp(h))[0]  # (3, 4): each point's embedding
+    # xy plane: points 0 and 1 share cell (x=3, y=0); point 2 is at (0, 4).
+    torch.testing.assert_close(planes[0, 0, :, 3, 0], (h[0] + h[1]) / 2)
+    torch.testing.assert_close(planes[0, 0, :, 0, 4], h[2])
+    # yz plane: point 0 at (y=0, z=2), point 1 at (0, 4), point 2 at (4, 4).
+    torch.testing.assert_close(planes[0, 2, :, 0, 2], h[0])
+    torch.testing.assert_close(planes[0, 2, :, 0, 4], h[1])
+    filled = (planes[0].abs().sum(1) > 0).sum(dim=(1, 2))
+    assert filled.tolist() == [2, 3, 3], "cells no point reaches stay zero"
+    model = triplane_with_points()
+    with pytest.raises(ValueError, match="pools surface points"):
+        model.encode(torch.zeros(1, 3, 2, 32, 32))
 
 
 def test_farthest_point_sampling_spreads_out():

@@ -81,8 +81,9 @@ class LatentAutoencoder(nn.Module):
     Subclasses implement `inputs_from_batch`, `encode`, `decoder_features`, `query` and
     `latent_shape`, and set `latent_channel_dim`, the channel axis of the latent without its batch axis.
 
-    - `inputs_from_batch(batch)`: picks and casts this model's input from a shard batch with keys
-      "surface" (B, N, 6), "sdf" (B, R, R, R), "triplane" (B, 3, 2, R, R), "query" (B, Q, 4).
+    - `inputs_from_batch(batch)`: picks and casts this model's input (a tensor, or a dict of
+      tensors) from a shard batch with keys "surface" (B, N, 6), "sdf" (B, R, R, R),
+      "triplane" (B, 3, 2, R, R), "query" (B, Q, 4).
     - `encode(inputs) -> DiagonalGaussian` over latents of shape (B, *latent_shape).
     - `decoder_features(latent) -> features`: the decoder's work that depends on the latent alone
       (processed tokens, a feature volume, feature planes), done once per latent.
@@ -104,8 +105,7 @@ class LatentAutoencoder(nn.Module):
     def latent_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    @classmethod
-    def inputs_from_batch(cls, batch: dict[str, Tensor]) -> Tensor:
+    def inputs_from_batch(self, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
     def encode(self, inputs: Tensor) -> DiagonalGaussian:

@@ -105,15 +105,19 @@ class GridVAE(LatentAutoencoder):
         head_hidden: int = 128,
         head_layers: int = 2,
         num_frequencies: int = 6,
+        patch_size: int = 1,
     ) -> None:
         super().__init__(latent_channels)
-        factor = 2 ** (len(channels) - 1)
+        factor = patch_size * 2 ** (len(channels) - 1)
         if resolution % factor:
             raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {factor}")
         self.resolution = resolution
         self.latent_resolution = resolution // factor
         self.latent_channels = latent_channels
-        self.conv_in = conv(3, 1, channels[0], 3)
+        # patch_size > 1: the first layer cuts the grid into non-overlapping p^3 patches (a strided
+        # p^3 convolution, as ViT's patch embedding), so no convolution runs at full resolution and
+        # the feature volume has R / p cells a side.
+        self.conv_in = conv(3, 1, channels[0], 3) if patch_size == 1 else nn.Conv3d(1, channels[0], patch_size, stride=patch_size)
         self.down = encoder_stack(channels, blocks_per_level, dims=3)
         self.norm_out = group_norm(channels[-1])
         self.to_moments = conv(3, channels[-1], 2 * latent_channels, 1)
@@ -128,26 +132,25 @@ class GridVAE(LatentAutoencoder):
         r = self.latent_resolution
         return (self.latent_channels, r, r, r)
 
-    @classmethod
-    def inputs_from_batch(cls, batch: dict[str, Tensor]) -> Float[Tensor, "B 1 R R R"]:
+    def inputs_from_batch(self, batch: dict[str, Tensor]) -> Float[Tensor, "B 1 R R R"]:
         return batch["sdf"].float()[:, None]
 
     def encode(self, sdf: Float[Tensor, "B 1 R R R"]) -> DiagonalGaussian:
         if sdf.shape[-3:] != (self.resolution,) * 3:
             raise ValueError(f"expected a {self.resolution}^3 grid, got {tuple(sdf.shape[-3:])}")
-        h = self.conv_in(sdf)  # (B, C0, R, R, R)
+        h = self.conv_in(sdf)  # (B, C0, R/p, R/p, R/p)
         for layer in self.down:
             h = layer(h)  # ends at (B, C_last, r, r, r)
         return DiagonalGaussian.from_moments(self.to_moments(F.silu(self.norm_out(h))), dim=1)
 
-    def decoder_features(self, latent: Float[Tensor, "B Cl r r r"]) -> Float[Tensor, "B Cf R R R"]:
-        """The feature volume."""
+    def decoder_features(self, latent: Float[Tensor, "B Cl r r r"]) -> Float[Tensor, "B Cf Rp Rp Rp"]:
+        """The feature volume, R / patch_size cells a side."""
         h = self.from_latent(latent)  # (B, C_last, r, r, r)
         for layer in self.up:
-            h = layer(h)  # ends at (B, C0, R, R, R)
+            h = layer(h)  # ends at (B, C0, R/p, R/p, R/p)
         return self.to_features(F.silu(self.norm_features(h)))
 
-    def query(self, volume: Float[Tensor, "B Cf R R R"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+    def query(self, volume: Float[Tensor, "B Cf Rp Rp Rp"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
         features = sample_volume(volume, points)  # (B, Q, Cf)
         return self.head(features, points)
 

@@ -8,8 +8,12 @@ broadcast along the one it does. The decoder reads the up-sampled feature planes
 point's three projections (EG3D, Chan et al. 2022; Convolutional Occupancy Networks, Peng et
 al. 2020) and an MLP maps the aggregated features to signed distance.
 
-Only the stored triplane is encoded; pooling surface points onto the planes (as Conv. ONet's
-encoder does) is not implemented.
+With `point_channels > 0` the encoder also reads the surface points, as Convolutional Occupancy
+Networks' encoder does (Peng et al. 2020, sec. 3.1): a shared MLP embeds every point (Fourier
+features of its position, and its normal), and each plane cell averages the embeddings of the
+points that project into it. Those features join the stored projections as input channels. The
+stored projections say where the shape is seen from each axis; the pooled features can also say
+at what depth and with which orientation, which projections alone lose.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import DiagonalGaussian, LatentAutoencoder
-from native3d.autoencoders.decoders import ImplicitMLPHead, aggregate_planes, sample_planes
+from native3d.autoencoders.decoders import PLANE_AXES, ImplicitMLPHead, aggregate_planes, sample_planes
 from native3d.autoencoders.grid import Downsample, Upsample, decoder_stack, encoder_stack, group_norm
+from native3d.nn.attention import Mlp
+from native3d.nn.embeddings import FourierPointEmbedding
 
 PLANES = 3
 
@@ -71,6 +77,34 @@ def interleave_mixing(stack: nn.ModuleList) -> nn.ModuleList:
     return nn.ModuleList(layers)
 
 
+class PointPooling(nn.Module):
+    """Surface points (B, N, 6) -> per-plane mean of point embeddings (B, 3, C, R, R).
+
+    A point is pooled into the cell of the corner-convention grid nearest to its projection;
+    cells that no point reaches get zeros.
+    """
+
+    def __init__(self, channels: int, resolution: int, num_frequencies: int = 6) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.embed = FourierPointEmbedding(channels, num_frequencies, feature_dim=3)
+        self.mlp = Mlp(channels, 2 * channels)
+
+    def forward(self, surface: Float[Tensor, "B N 6"]) -> Float[Tensor, "B 3 C R R"]:
+        points, normals = surface[..., :3].float(), surface[..., 3:6].float()
+        h = self.embed(points, normals)
+        h = h + self.mlp(h)  # (B, N, C)
+        R = self.resolution
+        cells = ((points.clamp(-1, 1) + 1) * 0.5 * (R - 1)).round().long()  # (B, N, 3), nearest grid corner
+        pooled = []
+        for a, b in PLANE_AXES:
+            index = (cells[..., a] * R + cells[..., b])[:, None].expand(-1, h.shape[-1], -1)  # (B, C, N)
+            total = h.new_zeros(h.shape[0], h.shape[-1], R * R).scatter_add_(2, index, h.transpose(1, 2))
+            count = h.new_zeros(h.shape[0], 1, R * R).scatter_add_(2, index[:, :1], torch.ones_like(index[:, :1], dtype=h.dtype))
+            pooled.append(total / count.clamp_min(1.0))
+        return rearrange(torch.stack(pooled, dim=1), "B P C (H W) -> B P C H W", H=R)
+
+
 class TriplaneVAE(LatentAutoencoder):
     """Triplane (B, 3, Cin, R, R) -> latent (B, 3, C, r, r), r = R / 2^(levels-1) -> sdf (B, Q)."""
 
@@ -89,6 +123,7 @@ class TriplaneVAE(LatentAutoencoder):
         head_hidden: int = 128,
         head_layers: int = 2,
         num_frequencies: int = 6,
+        point_channels: int = 0,
     ) -> None:
         super().__init__(latent_channels)
         factor = 2 ** (len(channels) - 1)
@@ -98,7 +133,8 @@ class TriplaneVAE(LatentAutoencoder):
         self.latent_resolution = resolution // factor
         self.latent_channels = latent_channels
         self.aggregate = aggregate
-        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.point_pooling = PointPooling(point_channels, resolution, num_frequencies) if point_channels else None
+        self.conv_in = nn.Conv2d(in_channels + point_channels, channels[0], 3, padding=1)
         self.down = interleave_mixing(encoder_stack(channels, blocks_per_level, dims=2))
         self.mix_latent = PlaneMixing(channels[-1])
         self.norm_out = group_norm(channels[-1])
@@ -115,13 +151,20 @@ class TriplaneVAE(LatentAutoencoder):
         r = self.latent_resolution
         return (PLANES, self.latent_channels, r, r)
 
-    @classmethod
-    def inputs_from_batch(cls, batch: dict[str, Tensor]) -> Float[Tensor, "B 3 Cin R R"]:
-        return batch["triplane"].float()
+    def inputs_from_batch(self, batch: dict[str, Tensor]) -> Float[Tensor, "B 3 Cin R R"] | dict[str, Tensor]:
+        """The stored planes; with point pooling, {"triplane": planes, "surface": (B, N, 6) points}."""
+        if self.point_pooling is None:
+            return batch["triplane"].float()
+        return {"triplane": batch["triplane"].float(), "surface": batch["surface"].float()}
 
-    def encode(self, planes: Float[Tensor, "B 3 Cin R R"]) -> DiagonalGaussian:
+    def encode(self, inputs: Float[Tensor, "B 3 Cin R R"] | dict[str, Tensor]) -> DiagonalGaussian:
+        planes = inputs["triplane"] if isinstance(inputs, dict) else inputs
         if planes.shape[-2:] != (self.resolution,) * 2:
             raise ValueError(f"expected {self.resolution}^2 planes, got {tuple(planes.shape[-2:])}")
+        if self.point_pooling is not None:
+            if not isinstance(inputs, dict):
+                raise ValueError("this TriplaneVAE pools surface points too; encode {'triplane': ..., 'surface': ...}")
+            planes = torch.cat([planes, self.point_pooling(inputs["surface"])], dim=2)
         h = self.conv_in(rearrange(planes, "B P C H W -> (B P) C H W"))  # (B P, C0, R, R)
         for layer in self.down:
             h = layer(h)  # ends at (B P, C_last, r, r)

@@ -82,8 +82,7 @@ class VecSetVAE(LatentAutoencoder):
     def latent_shape(self) -> tuple[int, int]:
         return (self.num_latents, self.latent_channels)
 
-    @classmethod
-    def inputs_from_batch(cls, batch: dict[str, Tensor]) -> Float[Tensor, "B N 6"]:
+    def inputs_from_batch(self, batch: dict[str, Tensor]) -> Float[Tensor, "B N 6"]:
         return batch["surface"].float()
 
     def encode(self, surface: Float[Tensor, "B N 6"]) -> DiagonalGaussian:
