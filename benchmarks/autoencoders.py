@@ -9,7 +9,9 @@ through the stock `ShardDataModule`.
 Training: each model runs in its own process through LightningCLI with the same YAML a user
 gives `native3d fit` (configs/autoencoder/<model>_cpu.yaml + configs/trainer/cpu.yaml). A short
 timing run measures seconds per step; the main run gets max_steps = budget / (s/step), so the
-cosine schedule ends with the budget, and `max_time` = the budget as a hard stop.
+cosine schedule ends with the budget, and `max_time` = the budget as a hard stop. `--jobs N`
+trains N models at a time, each with cores / N torch threads (on 2 cores, `--jobs 2` gives each
+model one core and halves the wall time of the run).
 
 Evaluation on the held-out shapes (posterior mode, as validation does):
   - volume IoU: sign agreement on the shard's uniform queries (the first half of `query.npy`),
@@ -22,7 +24,7 @@ Evaluation on the held-out shapes (posterior mode, as validation does):
 Throughput is training samples per second over the main run's training batches; peak memory is
 the training process's peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`).
 
-    .venv/bin/python benchmarks/autoencoders.py [--models vecset,grid,triplane] [--minutes 10] [--quick]
+    .venv/bin/python benchmarks/autoencoders.py [--models vecset,grid,triplane] [--minutes 10] [--jobs 1] [--quick]
 
 `--quick` checks the script on tiny data (48 + 48 shapes) with half a minute per model.
 
@@ -51,7 +53,7 @@ CONFIGS = ROOT / "configs"
 MODELS = ("vecset", "grid", "triplane")
 GRID_RESOLUTION = 64
 SIZES = ["--surface-points", "2048", "--grid-resolution", str(GRID_RESOLUTION), "--query-points", "4096", "--views", "0", "--view-size", "32"]
-THREADS = 2  # the machine's cores
+CORES = os.cpu_count() or 1
 BATCH_SIZE = 8
 TRAIN_QUERIES = 2048  # a random half of each shape's queries per step
 MESH_RESOLUTION = 64
@@ -86,7 +88,7 @@ def build_data(data: Path, quick: bool) -> dict[str, Path]:
         if (out / "index.json").is_file() and load_index(out).sizes.grid_resolution != GRID_RESOLUTION:
             raise SystemExit(f"{out}: built with another grid resolution than {GRID_RESOLUTION}; give another --data")
         if not (out / "index.json").is_file():
-            build = ["build", *plan["source"], "--out", str(out), "--shard-size", str(plan["shard_size"]), "--workers", str(THREADS), *SIZES]
+            build = ["build", *plan["source"], "--out", str(out), "--shard-size", str(plan["shard_size"]), "--workers", str(CORES), *SIZES]
             prep(build)
             prep(["index", "--out", str(out)])
         train, heldout = hold_out(load_index(out), plan["held_out"])
@@ -219,7 +221,7 @@ def evaluate(autoencoder, train: Path, heldout: Path, mesh_shapes: int | None) -
 
 @torch.no_grad()
 def input_grid_iou(train: Path, heldout: Path) -> list[float]:
-    """Per held-out shape: IoU of the stored 32^3 `sdf.npy` itself, read trilinearly at the uniform queries.
+    """Per held-out shape: IoU of the stored `sdf.npy` grid itself, read trilinearly at the uniform queries.
 
     What a perfect decoder of the input grid would score: the ceiling set by the grid's resolution.
     """
@@ -244,9 +246,9 @@ def summary(scores: dict[str, list]) -> dict:
             "chamfer_l1": mean(scores["chamfer_l1"]), "fscore": mean(scores["fscore"])}  # fmt: skip
 
 
-def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path) -> None:
+def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path, threads: int) -> None:
     """One model in this process: timing run, budgeted run, evaluation; writes a JSON result."""
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `fit`, not from this script's command line
     import logging
 
@@ -282,12 +284,13 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
 # Report
 
 
-def print_table(results: list[dict], paths: dict, minutes: dict[str, float], load: tuple) -> None:
+def print_table(results: list[dict], paths: dict, minutes: dict[str, float], load: tuple, jobs: int) -> None:
     train, held = load_index(paths["train"]), load_index(paths["heldout"])
     print(f"data: {train.num_samples} training shapes, {held.num_samples} held-out shapes "
           f"({', '.join(f'{k[8:]} {load_index(v).num_samples}' for k, v in paths.items() if k.startswith('heldout-'))}; "
           f"the last shards of each set); sizes {train.info['sizes']}")  # fmt: skip
-    print(f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, torch threads {THREADS}, "
+    print(f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, {jobs} model(s) at a time on {CORES} cores, "
+          f"torch threads per model {results[0]['threads']}, "
           f"budget per model (min): {minutes}; load average before/after: {load[0]} / {load[1]}")  # fmt: skip
     header = f"{'model':9} {'params':>9} {'latent':>14} {'steps':>6} {'min':>5} {'samples/s':>9} {'peakRSS MB':>10} "
     header += f"{'IoU':>6} {'IoU prim':>8} {'IoU pyb':>8} {'CD-L1':>7} {'F@0.02':>7} {'meshes':>7}"
@@ -315,10 +318,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model (at most 20)")
-    parser.add_argument("--data", type=Path, help="shard cache (default runs/bench/ae_data, or ae_data_quick with --quick)")
+    parser.add_argument("--data", type=Path, help=f"shard cache (default runs/bench/ae_data{GRID_RESOLUTION}, or ..._quick with --quick)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/bench/ae, or ae_quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny data, 0.5 minutes per model, 4 meshes per set")
     parser.add_argument("--mesh-shapes", type=int, default=16, help="mesh the first N held-out shapes of each set (0: none, -1: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="models trained at a time; each gets cores / jobs torch threads")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - set(MODELS)
@@ -333,20 +337,25 @@ def main() -> None:
     mesh_shapes = 4 if args.quick else (None if args.mesh_shapes < 0 else args.mesh_shapes)
     load_before = tuple(round(x, 2) for x in os.getloadavg())
     paths = build_data(data, args.quick)
-    results = []
-    for model in models:
+    threads = max(1, CORES // args.jobs)
+    # One process per model: a clean peak RSS and no state shared between runs; `--jobs` at a time.
+    running: list[tuple[str, multiprocessing.Process]] = []
+    for i, model in enumerate(models):
         result_path = out / model / "result.json"
         result_path.parent.mkdir(parents=True, exist_ok=True)
-        # One process per model: a clean peak RSS and no state shared between runs.
-        process = multiprocessing.get_context("spawn").Process(target=run_model, args=(model, paths, out / model, minutes, args.quick, mesh_shapes, result_path))
-        process.start()
-        process.join()
-        if process.exitcode != 0:
-            raise SystemExit(f"{model}: training process exited with {process.exitcode}")
-        results.append(json.loads(result_path.read_text()))
-        print(f"{model}: done", flush=True)
+        work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads)
+        running.append((model, multiprocessing.get_context("spawn").Process(target=run_model, args=work)))
+        running[-1][1].start()
+        if len(running) == args.jobs or i == len(models) - 1:
+            for name, process in running:
+                process.join()
+                if process.exitcode != 0:
+                    raise SystemExit(f"{name}: training process exited with {process.exitcode}")
+                print(f"{name}: done", flush=True)
+            running = []
+    results = [json.loads((out / model / "result.json").read_text()) for model in models]
     load_after = tuple(round(x, 2) for x in os.getloadavg())
-    print_table(results, paths, {m: minutes for m in models}, (load_before, load_after))
+    print_table(results, paths, {m: minutes for m in models}, (load_before, load_after), args.jobs)
     by_model = {r["model"]: r["heldout"]["iou"] for r in results}
     print(" ".join(f"iou_{m}={by_model[m]:.4f}" if m in by_model else f"iou_{m}=nan" for m in MODELS))
 

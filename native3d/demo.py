@@ -39,7 +39,8 @@ DIFFUSION = {  # model name -> (diffusion config, autoencoder, extra configs)
     "triplane_unet": ("triplane_unet_tiny.yaml", "triplane", []),
     "triplane_unet_image": ("triplane_unet_tiny.yaml", "triplane", [CONFIGS / "conditioning" / "image_tiny.yaml"]),
 }
-PROMPTS = ["a mug with a handle", "a wide low table with four legs", "a snowman of three stacked balls", "a torus"]
+SAMPLE_STEPS = 25
+EVAL_POINTS = 1024  # points per shape for the generation metrics
 AE_STEPS, AE_MINUTES = 600, 2
 DIFFUSION_STEPS, DIFFUSION_MINUTES = 600, 1.5
 
@@ -93,17 +94,6 @@ def fit(configs: list[Path], run_dir: Path, data: list[str], steps: int, minutes
     target.with_name(target.name + ".tmp").rename(target)
 
 
-def heldout_image(out: Path) -> Path:
-    """View 0 of the first held-out primitive, as the image prompt."""
-    from native3d.data.shards import iter_samples
-
-    sample = next(iter(iter_samples(out / "shards" / "primitives_heldout")))
-    path = out / "image_prompt.png"
-    Image.fromarray(sample["views.npy"][0]).resize((256, 256)).save(path)
-    (out / "image_prompt.json").write_text(json.dumps({"class": sample["meta.json"].get("class"), "caption": sample["caption.txt"]}))
-    return path
-
-
 def run_demo(out: str, workers: int = 2) -> int:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -121,10 +111,10 @@ def run_demo(out: str, workers: int = 2) -> int:
         latents = out / "latents" / name
         stages.run(f"encode: {name}", latents / "index.json",
                    lambda k=ckpt, l=latents: cli(["encode", "--ckpt", k, "--data", out / "shards" / "primitives", "--out", l]))  # fmt: skip
-        stages.run(f"evaluate: {name} reconstruction", out / "metrics" / f"reconstruction_{name}" / "metrics.json",
+        stages.run(f"evaluate: {name} reconstruction", out / "reconstruction" / name / "metrics.json",
                    lambda k=ckpt, n=name: cli(["evaluate", "--ckpt", k, "--data", out / "shards" / "primitives_heldout",
-                                               "--out", out / "metrics" / f"reconstruction_{n}", "--resolution", 64, "--limit", 16]))  # fmt: skip
-    image = heldout_image(out)
+                                               "--out", out / "reconstruction" / n, "--resolution", 64, "--limit", 12]))  # fmt: skip
+    heldout = out / "shards" / "primitives_heldout"
     for name, (config, ae, extra) in DIFFUSION.items():
         ckpt = out / "diffusion" / f"{name}.ckpt"
         data = ["--config", CONFIGS / "data" / "latents.yaml", "--data.train", out / "latents" / ae,
@@ -132,43 +122,86 @@ def run_demo(out: str, workers: int = 2) -> int:
         configs = [CONFIGS / "diffusion" / config, *extra]
         stages.run(f"diffusion: {name}", ckpt,
                    lambda c=configs, n=name, d=data, k=ckpt: fit(c, out / "diffusion" / n, d, DIFFUSION_STEPS, DIFFUSION_MINUTES, k))  # fmt: skip
-        samples = out / "samples" / name
-        condition = ["--image", image] if extra else [a for p in PROMPTS for a in ("--prompt", p)]
-        stages.run(f"sample: {name}", samples / "samples.json",
-                   lambda k=ckpt, s=samples, c=condition: cli(["sample", "--ckpt", k, *c, "--num", 2, "--steps", 25,
-                                                               "--resolution", 64, "--format", "glb", "--out", s]))  # fmt: skip
-        stages.run(f"evaluate: {name} samples", out / "metrics" / f"generation_{name}" / "metrics.json",
-                   lambda s=samples, n=name: cli(["evaluate", "--meshes", s, "--reference", out / "shards" / "primitives_heldout",
-                                                  "--out", out / "metrics" / f"generation_{n}"]))  # fmt: skip
+        # Text models: "a <class>" per held-out class; the image model: view 0 of the first held-out object of each class.
+        stages.run(f"sample and evaluate: {name}", out / "generation" / name / "metrics.json",
+                   lambda k=ckpt, n=name: cli(["evaluate", "--ckpt", k, "--reference", heldout, "--out", out / "generation" / n,
+                                               "--num", 1, "--steps", SAMPLE_STEPS, "--resolution", 64, "--points", EVAL_POINTS]))  # fmt: skip
     write_contact_sheet(out)
     write_report(out, stages.seconds)
     print(f"== done: {out / 'report.md'}")
     return 0
 
 
-def write_contact_sheet(out: Path) -> None:
+def write_contact_sheet(out: Path, cell: int = 128, label_width: int = 150) -> None:
+    """`contact_sheet.png`: a row per diffusion model, a column per sample, each labelled with its prompt."""
+    from PIL import ImageDraw
+
     from native3d.sampling import save_png
 
     rows = []
     for name in DIFFUSION:
-        sheet = out / "samples" / name / "contact_sheet.png"
-        if sheet.exists():
-            rows.append(np.asarray(Image.open(sheet).convert("RGB")))
-    if rows:
-        width = max(r.shape[1] for r in rows)
-        padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-        save_png(np.concatenate(padded, axis=0), out / "contact_sheet.png")
+        listed = out / "generation" / name / "samples" / "samples.json"
+        if listed.exists():
+            rows.append((name, json.loads(listed.read_text())["samples"], listed.parent))
+    if not rows:
+        return
+    columns = max(len(entries) for _, entries, _ in rows)
+    sheet = Image.new("RGB", (label_width + columns * cell, len(rows) * (cell + 14)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, entries, folder) in enumerate(rows):
+        top = r * (cell + 14)
+        draw.text((6, top + cell // 2), name, fill="black")
+        for c, entry in enumerate(entries):
+            left = label_width + c * cell
+            if entry.get("render"):
+                sheet.paste(Image.open(folder / entry["render"]).convert("RGB").resize((cell, cell)), (left, top))
+            else:
+                draw.text((left + 6, top + cell // 2), "no surface", fill="gray")
+            draw.text((left + 4, top + cell), (entry.get("class") or entry["prompt"])[:20], fill="black")
+    save_png(np.asarray(sheet), out / "contact_sheet.png")
+
+
+def training_record(ckpt: Path) -> dict:
+    """Steps and config of a demo checkpoint."""
+    import torch
+
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return {"steps": checkpoint.get("global_step")}
 
 
 def write_report(out: Path, seconds: dict[str, float]) -> None:
-    metrics = {p.parent.name: json.loads(p.read_text()).get("summary", {}) for p in sorted((out / "metrics").glob("*/metrics.json"))}
+    """`metrics.json` (every evaluation's summary) and `report.md` (what was trained, stage times, metrics)."""
+    metrics = {f"{p.parent.parent.name}_{p.parent.name}": json.loads(p.read_text()).get("summary", {})
+               for kind in ("reconstruction", "generation") for p in sorted((out / kind).glob("*/metrics.json"))}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    lines = ["# native3d demo", "", f"Everything below was produced by `native3d demo --out {out}` on the embedded data.", "",
-             "## Stages", "", "| stage | seconds |", "|---|---|"]  # fmt: skip
+    lines = ["# native3d demo", "", f"Produced by `native3d demo --out {out}` on the embedded data "
+             f"(primitives with captions and views, {DEMO_SIZES.grid_resolution}^3 grids, {DEMO_SIZES.surface_points} surface points).", "",
+             "## What was trained", "", "| model | config | steps | minutes |", "|---|---|---|---|"]  # fmt: skip
+    trained = {**{f"autoencoder: {n}": (c, out / "autoencoders" / f"{n}.ckpt") for n, c in AUTOENCODERS.items()},
+               **{f"diffusion: {n}": (" + ".join([c, *(e.name for e in extra)]), out / "diffusion" / f"{n}.ckpt")
+                  for n, (c, _, extra) in DIFFUSION.items()}}  # fmt: skip
+    for stage, (config, ckpt) in trained.items():
+        steps = training_record(ckpt)["steps"] if ckpt.exists() else None
+        lines.append(f"| {stage} | {config} | {steps} | {seconds.get(stage, float('nan')) / 60:.1f} |")
+    lines += ["", "## Reconstruction (held-out primitives)", "", "| autoencoder | IoU | Chamfer-L1 | F-score | no surface |", "|---|---|---|---|---|"]
+    for name in AUTOENCODERS:
+        m = metrics.get(f"reconstruction_{name}", {})
+        lines.append(f"| {name} | {fmt(m.get('volume_iou'))} | {fmt(m.get('chamfer_l1'))} | {fmt(m.get('f_score'))} | {m.get('num_no_surface')} |")
+    lines += ["", "## Generation (against the held-out primitives)", "",
+              "| model | meshed | prompt accuracy | MMD | COV | 1-NNA |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in DIFFUSION:
+        m = metrics.get(f"generation_{name}", {})
+        lines.append(f"| {name} | {m.get('num_samples')}/{m.get('num_requested')} | {fmt(m.get('prompt_accuracy_of_requested'))} | "
+                     f"{fmt(m.get('mmd'))} | {fmt(m.get('cov'))} | {fmt(m.get('1-nna'))} |")  # fmt: skip
+    lines += ["", "Prompt accuracy: the held-out class nearest to a sample (Chamfer-L1) is the one it was asked for; a sample "
+              "without a surface counts as wrong; chance is 1/12. Text models were asked \"a <class>\"; the image model got "
+              "view 0 of a held-out object of each class.", "", "## Stages", "", "| stage | seconds |", "|---|---|"]  # fmt: skip
     lines += [f"| {name} | {s:.1f} |" for name, s in seconds.items()]
-    lines += ["", f"Total: {sum(seconds.values()) / 60:.1f} minutes.", "", "## Metrics", ""]
-    for name, summary in metrics.items():
-        cells = ", ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in summary.items() if not isinstance(v, (dict, list)))
-        lines.append(f"- **{name}**: {cells}")
-    lines += ["", "Samples: `samples/<model>/` (meshes, renders, samples.json); all of them in `contact_sheet.png`.", ""]
+    lines += ["", f"Total: {sum(seconds.values()) / 60:.1f} minutes.", "",
+              "Samples: `generation/<model>/samples/` (meshes, renders, samples.json); all of them in `contact_sheet.png`.", "",
+              "![samples](contact_sheet.png)", ""]  # fmt: skip
     (out / "report.md").write_text("\n".join(lines))
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

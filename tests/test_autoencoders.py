@@ -28,10 +28,11 @@ def grid_patched() -> GridVAE:
 
 
 def triplane_with_points() -> TriplaneVAE:
-    """The triplane VAE that also pools surface-point embeddings onto its planes."""
+    """The triplane VAE that also pools surface-point embeddings onto its planes, with 2x2 patches."""
     return TriplaneVAE(
-        resolution=32, channels=(16, 32, 32), latent_channels=8, feature_channels=16, head_hidden=32, head_layers=1, point_channels=8
-    )
+        resolution=32, channels=(16, 32), latent_channels=8, feature_channels=16, head_hidden=32, head_layers=1,
+        point_channels=8, patch_size=2,
+    )  # fmt: skip
 
 
 PRESETS = [vecset_tiny, grid_tiny, triplane_tiny, grid_patched, triplane_with_points]
@@ -158,13 +159,17 @@ def test_latent_statistics_travel_in_state_dict(preset, batch):
     assert model.normalize_latent(model.encode(model.inputs_from_batch(batch)).mode()).shape == (B, *shape)
 
 
-def test_patched_grid_reads_its_feature_volume_at_patch_resolution(batch):
+def test_patched_models_read_their_features_at_patch_resolution(batch):
     model = grid_patched().eval()
     latent = model.encode(model.inputs_from_batch(batch)).mode()
     assert latent.shape == (B, 8, 8, 8, 8)
     assert model.decoder_features(latent).shape == (B, 8, 16, 16, 16)
     with pytest.raises(ValueError, match="not divisible"):
         GridVAE(resolution=36, channels=(8, 16), patch_size=4)
+    planes = triplane_with_points().eval()
+    latent = planes.encode(planes.inputs_from_batch(batch)).mode()
+    assert latent.shape == (B, 3, 8, 8, 8)
+    assert planes.decoder_features(latent).shape == (B, 3, 16, 16, 16)
 
 
 def test_point_pooling_averages_point_embeddings_into_their_nearest_plane_cells():

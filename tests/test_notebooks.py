@@ -10,7 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("explore_shards.ipynb", "evaluate_autoencoder.ipynb")
+NAMES = ("explore_shards.ipynb", "evaluate_autoencoder.ipynb", "evaluate_generation.ipynb")
 
 
 @pytest.mark.parametrize("name", NAMES)

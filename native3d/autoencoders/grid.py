@@ -30,6 +30,15 @@ def conv(dims: int, in_channels: int, out_channels: int, kernel_size: int, strid
     return cls(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
 
+def stem(dims: int, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
+    """The first layer: a 3x3(x3) convolution, or with `patch_size` p > 1 a strided p^d convolution
+    over non-overlapping patches (ViT's patch embedding), so that no layer runs at full resolution."""
+    if patch_size == 1:
+        return conv(dims, in_channels, out_channels, 3)
+    cls = nn.Conv3d if dims == 3 else nn.Conv2d
+    return cls(in_channels, out_channels, patch_size, stride=patch_size)
+
+
 class ResBlock(nn.Module):
     """x + conv(SiLU(GN(conv(SiLU(GN(x)))))), with a 1x1 skip when the width changes; 2-D or 3-D."""
 
@@ -90,7 +99,7 @@ def decoder_stack(channels: tuple[int, ...], blocks_per_level: int, dims: int) -
 
 
 class GridVAE(LatentAutoencoder):
-    """SDF grid (B, 1, R, R, R) -> latent (B, C, r, r, r), r = R / 2^(levels-1) -> sdf (B, Q)."""
+    """SDF grid (B, 1, R, R, R) -> latent (B, C, r, r, r), r = R / (p 2^(levels-1)) -> sdf (B, Q)."""
 
     latent_channel_dim = 0
 
@@ -114,10 +123,7 @@ class GridVAE(LatentAutoencoder):
         self.resolution = resolution
         self.latent_resolution = resolution // factor
         self.latent_channels = latent_channels
-        # patch_size > 1: the first layer cuts the grid into non-overlapping p^3 patches (a strided
-        # p^3 convolution, as ViT's patch embedding), so no convolution runs at full resolution and
-        # the feature volume has R / p cells a side.
-        self.conv_in = conv(3, 1, channels[0], 3) if patch_size == 1 else nn.Conv3d(1, channels[0], patch_size, stride=patch_size)
+        self.conv_in = stem(3, 1, channels[0], patch_size)  # the feature volume: R / p cells a side
         self.down = encoder_stack(channels, blocks_per_level, dims=3)
         self.norm_out = group_norm(channels[-1])
         self.to_moments = conv(3, channels[-1], 2 * latent_channels, 1)

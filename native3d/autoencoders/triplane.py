@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import DiagonalGaussian, LatentAutoencoder
 from native3d.autoencoders.decoders import PLANE_AXES, ImplicitMLPHead, aggregate_planes, sample_planes
-from native3d.autoencoders.grid import Downsample, Upsample, decoder_stack, encoder_stack, group_norm
+from native3d.autoencoders.grid import Downsample, Upsample, decoder_stack, encoder_stack, group_norm, stem
 from native3d.nn.attention import Mlp
 from native3d.nn.embeddings import FourierPointEmbedding
 
@@ -106,7 +106,7 @@ class PointPooling(nn.Module):
 
 
 class TriplaneVAE(LatentAutoencoder):
-    """Triplane (B, 3, Cin, R, R) -> latent (B, 3, C, r, r), r = R / 2^(levels-1) -> sdf (B, Q)."""
+    """Triplane (B, 3, Cin, R, R) -> latent (B, 3, C, r, r), r = R / (p 2^(levels-1)) -> sdf (B, Q)."""
 
     latent_channel_dim = 1
 
@@ -124,9 +124,10 @@ class TriplaneVAE(LatentAutoencoder):
         head_layers: int = 2,
         num_frequencies: int = 6,
         point_channels: int = 0,
+        patch_size: int = 1,
     ) -> None:
         super().__init__(latent_channels)
-        factor = 2 ** (len(channels) - 1)
+        factor = patch_size * 2 ** (len(channels) - 1)
         if resolution % factor:
             raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {factor}")
         self.resolution = resolution
@@ -134,7 +135,7 @@ class TriplaneVAE(LatentAutoencoder):
         self.latent_channels = latent_channels
         self.aggregate = aggregate
         self.point_pooling = PointPooling(point_channels, resolution, num_frequencies) if point_channels else None
-        self.conv_in = nn.Conv2d(in_channels + point_channels, channels[0], 3, padding=1)
+        self.conv_in = stem(2, in_channels + point_channels, channels[0], patch_size)  # feature planes: R / p a side
         self.down = interleave_mixing(encoder_stack(channels, blocks_per_level, dims=2))
         self.mix_latent = PlaneMixing(channels[-1])
         self.norm_out = group_norm(channels[-1])
@@ -165,7 +166,7 @@ class TriplaneVAE(LatentAutoencoder):
             if not isinstance(inputs, dict):
                 raise ValueError("this TriplaneVAE pools surface points too; encode {'triplane': ..., 'surface': ...}")
             planes = torch.cat([planes, self.point_pooling(inputs["surface"])], dim=2)
-        h = self.conv_in(rearrange(planes, "B P C H W -> (B P) C H W"))  # (B P, C0, R, R)
+        h = self.conv_in(rearrange(planes, "B P C H W -> (B P) C H W"))  # (B P, C0, R/p, R/p)
         for layer in self.down:
             h = layer(h)  # ends at (B P, C_last, r, r)
         h = self.mix_latent(h)
@@ -176,7 +177,7 @@ class TriplaneVAE(LatentAutoencoder):
         """The feature planes."""
         h = self.from_latent(rearrange(latent, "B P C H W -> (B P) C H W"))  # (B P, C_last, r, r)
         for layer in self.up:
-            h = layer(h)  # ends at (B P, C0, R, R)
+            h = layer(h)  # ends at (B P, C0, R/p, R/p)
         features = self.to_features(F.silu(self.norm_features(h)))
         return rearrange(features, "(B P) C H W -> B P C H W", P=PLANES)
 
