@@ -11,10 +11,10 @@ latents), with the YAML a user gives `native3d fit`:
   2. its latents of the training shards (`native3d.encode.encode_shard_set`);
   3. text-conditioned latent diffusion (configs/diffusion/<backbone>_tiny.yaml + configs/data/latents.yaml)
      for `--minutes`;
-  4. `--samples-per-class` samples for the prompt "a <class>" of every class (`native3d.sampling`),
-     scored against the held-out shapes by `native3d.evaluation.generation.evaluate_generation`:
-     MMD / COV / 1-NNA (Chamfer-L1 on EVAL_POINTS points) and prompt accuracy (the class whose
-     nearest held-out shape is nearest to the sample; `samples.json` names each sample's class).
+  4. `native3d evaluate --ckpt` of it against the held-out shapes (`evaluate_checkpoint`):
+     `--samples-per-class` samples for the prompt "a <class>" of every class, MMD / COV / 1-NNA
+     (Chamfer-L1 on EVAL_POINTS points) and prompt accuracy (the class whose nearest held-out
+     shape is nearest to the sample; `samples.json` names each sample's class).
 Then the backbone with the best text accuracy is trained again with configs/conditioning/image_tiny.yaml
 composed after its diffusion config (a view encoder trained jointly, a random view per object) and
 sampled once per held-out object's view 0 (a PNG), `--samples-per-class` objects per class; the
@@ -23,11 +23,12 @@ prompted class is that object's class.
 Training runs in this process through LightningCLI (as `native3d fit` does) with `max_time` = the
 budget and no step limit, so the learning rate is constant after warm-up and the EMA weights
 (decay 0.99, shorter than the YAML's 0.999 for runs of a few hundred steps) are what is sampled.
-The frozen text encoder runs once per distinct caption (`memoize_text_encoder`).
+The frozen text encoder runs once per distinct caption (`HFTextEncoder`'s cache).
 torch uses one thread (another job shares this 2-core machine). Every stage writes its output
 under `--out` and a rerun reuses what exists: finished training is never redone.
 
-    .venv/bin/python benchmarks/generation.py [--minutes-ae 3] [--minutes 5] [--samples-per-class 5] [--quick]
+    .venv/bin/python benchmarks/generation.py [--minutes-ae 3] [--minutes 5] [--samples-per-class 5]
+                                              [--backbones setdit,unet3d,triplane] [--quick]
 
 The last line is machine-readable:
 `text_acc_setdit=<a> text_acc_unet3d=<b> text_acc_triplane=<c> image_acc_best=<d>`.
@@ -47,8 +48,7 @@ from pathlib import Path
 import torch
 
 from autoencoders import dd_hh_mm_ss, prep, write_index  # benchmarks/autoencoders.py: the same data plumbing
-from native3d.conditioning.text import HFTextEncoder
-from native3d.data.shards import iter_samples, load_index
+from native3d.data.shards import load_index
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -93,27 +93,6 @@ def build_data(data: Path, quick: bool) -> dict[str, Path]:
     }
 
 
-def class_of(sample: dict) -> str:
-    return sample["meta.json"]["class"]
-
-
-def heldout_views(heldout: Path, per_class: int, folder: Path) -> dict[str, str]:
-    """View 0 of the first `per_class` held-out objects of each class as PNGs: {png path: class}."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    images, taken = {}, {}
-    for sample in iter_samples(heldout):
-        cls = class_of(sample)
-        if taken.get(cls, 0) >= per_class:
-            continue
-        taken[cls] = taken.get(cls, 0) + 1
-        path = folder / f"{cls}-{sample['__key__']}.png"
-        Image.fromarray(sample["views.npy"][0]).save(path)
-        images[str(path)] = cls
-    return images
-
-
 # ---------------------------------------------------------------------------------------------
 # Training (LightningCLI in this process, as `native3d fit`)
 
@@ -137,7 +116,6 @@ def fit(configs: list[Path], overrides: list[str], out: Path, minutes: float) ->
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         save_config_kwargs={"overwrite": True}, run=False, args=argv,
     )  # fmt: skip
-    memoize_text_encoder(cli.model)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - start
@@ -145,25 +123,6 @@ def fit(configs: list[Path], overrides: list[str], out: Path, minutes: float) ->
     record = {"steps": cli.trainer.global_step, "minutes": seconds / 60, "budget_minutes": minutes, "configs": [str(c.relative_to(ROOT)) for c in configs]}
     (out / "train.json").write_text(json.dumps(record, indent=2))
     return final
-
-
-def memoize_text_encoder(model) -> None:
-    """One forward of the frozen text encoder per distinct caption, not per step (the same numbers:
-    captions are padded to a fixed length, so a row does not depend on its batch). On one core the
-    encoder otherwise costs more than the denoiser's step."""
-    encoder = getattr(getattr(model, "conditioner", None), "encoder", None)
-    if not isinstance(encoder, HFTextEncoder):
-        return
-    cache, encode = {}, encoder.encode
-
-    def cached(texts: list[str]) -> dict:
-        missing = sorted({t for t in texts if t not in cache})
-        if missing:
-            fresh = encode(missing)
-            cache.update({t: {k: v[i] for k, v in fresh.items()} for i, t in enumerate(missing)})
-        return {k: torch.stack([cache[t][k] for t in texts]) for k in ("tokens", "mask", "pooled")}
-
-    encoder.encode = cached
 
 
 def fit_autoencoder(config: str, paths: dict, out: Path, minutes: float) -> Path:
@@ -191,40 +150,22 @@ def fit_diffusion(config: str, ae_ckpt: Path, latents: Path, out: Path, minutes:
 # Sampling and evaluation
 
 
-def sample_and_evaluate(ckpt: Path, conditions: dict[str, str], image: bool, num: int, folder: Path, reference: Path) -> dict:
-    """Samples `num` meshes per condition (prompt or PNG -> class), tags each with its class, evaluates; returns the summary."""
-    from native3d.evaluation.generation import evaluate_generation
-    from native3d.evaluation.report import EvaluationReport, write_report
-    from native3d.sampling import SampleSettings, sample_to_folder
+def sample_and_evaluate(ckpt: Path, num: int, folder: Path, reference: Path) -> dict:
+    """`native3d evaluate --ckpt` of a checkpoint against the held-out set (its class conditions); returns the summary."""
+    from native3d.evaluation.generation import evaluate_checkpoint
+    from native3d.evaluation.report import write_report
+    from native3d.sampling import SampleSettings
 
     metrics = folder / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())["summary"]
-    samples = folder / "samples"
-    if not (samples / "samples.json").is_file():
-        shutil.rmtree(samples, ignore_errors=True)
-        settings = SampleSettings(
-            ckpt=str(ckpt), num=num, steps=SAMPLE_STEPS, guidance=GUIDANCE, resolution=MESH_RESOLUTION, batch_size=num, format="ply",
-            **({"images": list(conditions)} if image else {"prompts": list(conditions)}),
-        )  # fmt: skip
-        summary = sample_to_folder(settings, samples)
-        labels = {Path(c).stem if image else c: cls for c, cls in conditions.items()}
-        for record in summary["samples"]:
-            record["class"] = labels[record["prompt"]]
-        (samples / "samples.json").write_text(json.dumps(summary, indent=2))
-    requested = len(json.loads((samples / "samples.json").read_text())["samples"])
-    try:
-        report = evaluate_generation(samples, reference, points=EVAL_POINTS, metric="chamfer", class_distance="min")
-    except ValueError as error:  # no sample decoded to a surface: nothing to measure, every sample is wrong
-        report = EvaluationReport("generation", {"meshes": str(samples)}, {}, {"num_samples": 0, "num_failed": requested, "error": str(error)})
-    summary = report.summary
-    correct = (summary.get("prompt_accuracy") or 0.0) * summary.get("num_prompted", 0)
-    summary["accuracy_of_requested"] = correct / requested  # a sample without a surface counts as wrong
+    settings = SampleSettings(ckpt=str(ckpt), num=num, steps=SAMPLE_STEPS, guidance=GUIDANCE, resolution=MESH_RESOLUTION, batch_size=num, format="ply")
+    report = evaluate_checkpoint(settings, reference, folder, points=EVAL_POINTS, metric="chamfer", class_distance="min")
     write_report(report, folder)
     return report.to_dict()["summary"]
 
 
-def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: float, prompts: dict, num: int) -> dict:
+def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: float, num: int) -> dict:
     from native3d.encode import encode_shard_set
 
     ae_config, diffusion_config = BACKBONES[name]
@@ -233,15 +174,14 @@ def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: 
     if not (latents / "index.json").is_file():
         encode_shard_set(str(ae_ckpt), str(paths["train"]), str(latents))
     ckpt = fit_diffusion(diffusion_config, ae_ckpt, latents, out / "diffusion" / f"{name}-text", minutes, image=False)
-    summary = sample_and_evaluate(ckpt, prompts, False, num, out / "eval" / f"{name}-text", paths["heldout"])
+    summary = sample_and_evaluate(ckpt, num, out / "eval" / f"{name}-text", paths["heldout"])
     return {"backbone": name, "condition": "text", "ae": train_record(ae_ckpt), "diffusion": train_record(ckpt), **summary}
 
 
 def run_image(name: str, paths: dict, out: Path, minutes: float, per_class: int) -> dict:
     ae_ckpt = out / "autoencoders" / name / "final.ckpt"
     ckpt = fit_diffusion(BACKBONES[name][1], ae_ckpt, out / "latents" / name, out / "diffusion" / f"{name}-image", minutes, image=True)
-    images = heldout_views(paths["heldout"], per_class, out / "eval" / "heldout_views")
-    summary = sample_and_evaluate(ckpt, images, True, 1, out / "eval" / f"{name}-image", paths["heldout"])
+    summary = sample_and_evaluate(ckpt, per_class, out / "eval" / f"{name}-image", paths["heldout"])
     return {"backbone": name, "condition": "image", "ae": train_record(ae_ckpt), "diffusion": train_record(ckpt), **summary}
 
 
@@ -268,7 +208,7 @@ def print_table(results: list[dict], paths: dict, args: argparse.Namespace, load
         meshed = f"{r['num_samples']}/{r['num_samples'] + r['num_failed']}"
         print(
             f"{r['backbone']:9} {r['condition']:5} {r['ae']['steps']:>8} {r['diffusion']['steps']:>9} {r['diffusion']['minutes']:>7.1f} "
-            f"{meshed:>7} {fmt(r['accuracy_of_requested']):>8} {fmt(r.get('prompt_accuracy')):>10} {fmt(r.get('mmd')):>7} "
+            f"{meshed:>7} {fmt(r['prompt_accuracy_of_requested']):>8} {fmt(r.get('prompt_accuracy')):>10} {fmt(r.get('mmd')):>7} "
             f"{fmt(r.get('cov')):>6} {fmt(r.get('1-nna')):>6}"
         )  # fmt: skip
     print("accuracy: over all samples asked for (one that decodes to no surface is wrong); acc/meshed: over the meshed ones (the evaluation's prompt_accuracy)")
@@ -286,7 +226,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="shard cache (default runs/bench/gen_data, or gen_data_quick with --quick)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/bench/gen, or gen_quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="96 shapes, 0.5 min per autoencoder, 0.5 per diffusion model, 2 samples per class")
+    parser.add_argument("--backbones", default=",".join(BACKBONES), help="which text-conditioned models to train (the image model uses the best)")
     args = parser.parse_args()
+    backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    if set(backbones) - set(BACKBONES) or not backbones:
+        raise SystemExit(f"--backbones: choose from {sorted(BACKBONES)}")
     if args.minutes > 30:
         raise SystemExit("--minutes is at most 30")
     if args.quick:
@@ -299,18 +243,16 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     load_before = tuple(round(x, 2) for x in os.getloadavg())
     paths = build_data(data, args.quick)
-    classes = sorted({class_of(s) for s in iter_samples(paths["heldout"])})
-    prompts = {f"a {cls}": cls for cls in classes}
     results = []
-    for name in BACKBONES:
-        results.append(run_backbone(name, paths, out, args.minutes_ae, args.minutes, prompts, args.samples_per_class))
-        print(f"{name} text: accuracy {fmt(results[-1]['accuracy_of_requested'])}", flush=True)
-    best = max(results, key=lambda r: r["accuracy_of_requested"])["backbone"]
+    for name in backbones:
+        results.append(run_backbone(name, paths, out, args.minutes_ae, args.minutes, args.samples_per_class))
+        print(f"{name} text: accuracy {fmt(results[-1]['prompt_accuracy_of_requested'])}", flush=True)
+    best = max(results, key=lambda r: r["prompt_accuracy_of_requested"])["backbone"]
     results.append(run_image(best, paths, out, args.minutes, args.samples_per_class))
     load_after = tuple(round(x, 2) for x in os.getloadavg())
     print_table(results, paths, args, (load_before, load_after))
-    text = {r["backbone"]: r["accuracy_of_requested"] for r in results if r["condition"] == "text"}
-    print(" ".join(f"text_acc_{name}={fmt(text.get(name))}" for name in BACKBONES) + f" image_acc_best={fmt(results[-1]['accuracy_of_requested'])}")
+    text = {r["backbone"]: r["prompt_accuracy_of_requested"] for r in results if r["condition"] == "text"}
+    print(" ".join(f"text_acc_{name}={fmt(text.get(name))}" for name in BACKBONES) + f" image_acc_best={fmt(results[-1]['prompt_accuracy_of_requested'])}")
 
 
 if __name__ == "__main__":

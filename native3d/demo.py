@@ -30,7 +30,7 @@ DEMO_SIZES = Sizes(surface_points=2048, grid_resolution=32, query_points=4096, v
 SHARD_SETS = {  # name -> `native3d prep build` source arguments
     "primitives": ["--source", "primitives", "--count", "240", "--seed", "0", "--shard-size", "24"],
     "primitives_heldout": ["--source", "primitives", "--count", "48", "--seed", "1", "--shard-size", "24"],
-    "pybullet": ["--source", "pybullet", "--limit", "96", "--shard-size", "24"],
+    "pybullet": ["--source", "pybullet", "--limit", "48", "--shard-size", "24"],
 }
 AUTOENCODERS = {"vecset": "vecset_tiny.yaml", "grid": "grid_tiny.yaml", "triplane": "triplane_tiny.yaml"}
 DIFFUSION = {  # model name -> (diffusion config, autoencoder, extra configs)
@@ -40,9 +40,10 @@ DIFFUSION = {  # model name -> (diffusion config, autoencoder, extra configs)
     "triplane_unet_image": ("triplane_unet_tiny.yaml", "triplane", [CONFIGS / "conditioning" / "image_tiny.yaml"]),
 }
 SAMPLE_STEPS = 25
+MESH_RESOLUTION = 64  # marching-cubes cells per axis for reconstructions and samples
 EVAL_POINTS = 1024  # points per shape for the generation metrics
-AE_STEPS, AE_MINUTES = 600, 2
-DIFFUSION_STEPS, DIFFUSION_MINUTES = 600, 1.5
+AE_STEPS, AE_MINUTES = 600, 1.5
+DIFFUSION_STEPS, DIFFUSION_MINUTES = 600, 1.25
 
 
 class Stages:
@@ -113,7 +114,7 @@ def run_demo(out: str, workers: int = 2) -> int:
                    lambda k=ckpt, l=latents: cli(["encode", "--ckpt", k, "--data", out / "shards" / "primitives", "--out", l]))  # fmt: skip
         stages.run(f"evaluate: {name} reconstruction", out / "reconstruction" / name / "metrics.json",
                    lambda k=ckpt, n=name: cli(["evaluate", "--ckpt", k, "--data", out / "shards" / "primitives_heldout",
-                                               "--out", out / "reconstruction" / n, "--resolution", 64, "--limit", 12]))  # fmt: skip
+                                               "--out", out / "reconstruction" / n, "--resolution", MESH_RESOLUTION, "--limit", 12]))  # fmt: skip
     heldout = out / "shards" / "primitives_heldout"
     for name, (config, ae, extra) in DIFFUSION.items():
         ckpt = out / "diffusion" / f"{name}.ckpt"
@@ -125,7 +126,7 @@ def run_demo(out: str, workers: int = 2) -> int:
         # Text models: "a <class>" per held-out class; the image model: view 0 of the first held-out object of each class.
         stages.run(f"sample and evaluate: {name}", out / "generation" / name / "metrics.json",
                    lambda k=ckpt, n=name: cli(["evaluate", "--ckpt", k, "--reference", heldout, "--out", out / "generation" / n,
-                                               "--num", 1, "--steps", SAMPLE_STEPS, "--resolution", 64, "--points", EVAL_POINTS]))  # fmt: skip
+                                               "--num", 1, "--steps", SAMPLE_STEPS, "--resolution", MESH_RESOLUTION, "--points", EVAL_POINTS]))  # fmt: skip
     write_contact_sheet(out)
     write_report(out, stages.seconds)
     print(f"== done: {out / 'report.md'}")
@@ -161,12 +162,11 @@ def write_contact_sheet(out: Path, cell: int = 128, label_width: int = 150) -> N
     save_png(np.asarray(sheet), out / "contact_sheet.png")
 
 
-def training_record(ckpt: Path) -> dict:
-    """Steps and config of a demo checkpoint."""
+def checkpoint_steps(ckpt: Path) -> int | None:
+    """The optimizer steps a checkpoint was trained for (None where it does not exist)."""
     import torch
 
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return {"steps": checkpoint.get("global_step")}
+    return torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step") if ckpt.exists() else None
 
 
 def write_report(out: Path, seconds: dict[str, float]) -> None:
@@ -181,21 +181,23 @@ def write_report(out: Path, seconds: dict[str, float]) -> None:
                **{f"diffusion: {n}": (" + ".join([c, *(e.name for e in extra)]), out / "diffusion" / f"{n}.ckpt")
                   for n, (c, _, extra) in DIFFUSION.items()}}  # fmt: skip
     for stage, (config, ckpt) in trained.items():
-        steps = training_record(ckpt)["steps"] if ckpt.exists() else None
-        lines.append(f"| {stage} | {config} | {steps} | {seconds.get(stage, float('nan')) / 60:.1f} |")
+        lines.append(f"| {stage} | {config} | {checkpoint_steps(ckpt)} | {seconds.get(stage, float('nan')) / 60:.1f} |")
     lines += ["", "## Reconstruction (held-out primitives)", "", "| autoencoder | IoU | Chamfer-L1 | F-score | no surface |", "|---|---|---|---|---|"]
     for name in AUTOENCODERS:
         m = metrics.get(f"reconstruction_{name}", {})
         lines.append(f"| {name} | {fmt(m.get('volume_iou'))} | {fmt(m.get('chamfer_l1'))} | {fmt(m.get('f_score'))} | {m.get('num_no_surface')} |")
     lines += ["", "## Generation (against the held-out primitives)", "",
-              "| model | meshed | prompt accuracy | MMD | COV | 1-NNA |", "|---|---|---|---|---|---|"]  # fmt: skip
+              "| model | meshed | prompt accuracy | MMD | COV | 1-NNA | s per sample |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in DIFFUSION:
         m = metrics.get(f"generation_{name}", {})
+        listed = out / "generation" / name / "samples" / "samples.json"
+        per_sample = json.loads(listed.read_text())["seconds_per_sample"] if listed.exists() else None
         lines.append(f"| {name} | {m.get('num_samples')}/{m.get('num_requested')} | {fmt(m.get('prompt_accuracy_of_requested'))} | "
-                     f"{fmt(m.get('mmd'))} | {fmt(m.get('cov'))} | {fmt(m.get('1-nna'))} |")  # fmt: skip
+                     f"{fmt(m.get('mmd'))} | {fmt(m.get('cov'))} | {fmt(m.get('1-nna'))} | {fmt(per_sample)} |")  # fmt: skip
     lines += ["", "Prompt accuracy: the held-out class nearest to a sample (Chamfer-L1) is the one it was asked for; a sample "
               "without a surface counts as wrong; chance is 1/12. Text models were asked \"a <class>\"; the image model got "
-              "view 0 of a held-out object of each class.", "", "## Stages", "", "| stage | seconds |", "|---|---|"]  # fmt: skip
+              "view 0 of a held-out object of each class. s per sample: the diffusion steps, marching cubes "
+              f"at {MESH_RESOLUTION}^3 (coarse to fine) and the render, in one batch per condition.", "", "## Stages", "", "| stage | seconds |", "|---|---|"]  # fmt: skip
     lines += [f"| {name} | {s:.1f} |" for name, s in seconds.items()]
     lines += ["", f"Total: {sum(seconds.values()) / 60:.1f} minutes.", "",
               "Samples: `generation/<model>/samples/` (meshes, renders, samples.json); all of them in `contact_sheet.png`.", "",

@@ -90,7 +90,28 @@ def test_text_encoder_is_frozen_and_stays_in_eval(minilm: HFTextEncoder):
     minilm.train()
     assert not minilm.model.training
     # Eval mode means no dropout: the same caption gives the same embedding twice.
-    torch.testing.assert_close(minilm.encode(["a mug"])["pooled"], minilm.encode(["a mug"])["pooled"])
+    torch.testing.assert_close(minilm.run_model(["a mug"])["pooled"], minilm.run_model(["a mug"])["pooled"])
+
+
+def test_text_encoder_runs_the_model_only_on_captions_it_has_not_cached(monkeypatch):
+    encoder = HFTextEncoder(cache_size=2)
+    reference = encoder.run_model(["a mug", "a chair", "a lamp"])
+    computed = []
+    run_model = encoder.run_model
+    monkeypatch.setattr(encoder, "run_model", lambda texts: computed.append(list(texts)) or run_model(texts))
+    first = encoder.encode(["a mug", "a chair", "a mug"])
+    assert computed == [["a mug", "a chair"]], "each new caption once, repeats in a batch too"
+    second = encoder.encode(["a chair", "a lamp", "a mug"])
+    assert computed[1:] == [["a lamp"]]
+    for cond, order in ((first, [0, 1, 0]), (second, [1, 2, 0])):
+        for key in ("tokens", "mask", "pooled"):
+            torch.testing.assert_close(cond[key], reference[key][order], atol=1e-5, rtol=1e-5)
+    assert list(encoder._cache) == ["a lamp", "a mug"], "the least recently used caption is dropped first"
+    encoder.encode(["a chair"])
+    assert computed[2:] == [["a chair"]]
+    off = HFTextEncoder(cache_size=0)
+    off.encode(["a mug"])
+    assert not off._cache
 
 
 def test_tiny_bert_loads_by_path(tmp_path: Path):

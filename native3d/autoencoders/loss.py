@@ -10,6 +10,10 @@
   the decoder's output a signed, distance-like number means both kinds decode to a surface at
   level 0 and share `decode`; `occupancy_scale` sets how sharp the implied occupancy is in
   distance units (the output has logit 1 at distance `occupancy_scale` from the surface).
+  Such an output is signed but not a distance: far from the surface its magnitude is whatever
+  makes the classifier confident. Coarse-to-fine meshing skips cells whose corners all lie
+  farther than a cell from the surface, which assumes a distance, so mesh BCE-trained models
+  densely (`native3d sample --dense`) when thin parts matter.
 - "kl": the posterior's KL to N(0, I), averaged over latent elements (`DiagonalGaussian.kl`).
 - "eikonal": (|grad_x sdf| - 1)^2 (Gropp et al. 2020, IGR eq. 2), only at points whose target
   lies inside the truncation band, because a truncated SDF has zero gradient outside it.

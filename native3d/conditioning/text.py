@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -60,6 +61,12 @@ class HFTextEncoder(nn.Module):
     cache and `HF_HUB_OFFLINE`. Sequences are padded to `max_length` (clamped to what the model
     accepts), so every caption gives the same L: embeddings can be cached per sample and
     stacked, and CLIP sees the 77-token layout it was trained with.
+
+    Being frozen, the encoder gives a caption the same embedding every time, so `encode` keeps
+    the last `cache_size` captions' embeddings (least recently used dropped first) and runs the
+    model only on captions it has not seen: after the first epoch a training step costs no text
+    encoding. Each entry holds L x C + C floats (about 120 kB for MiniLM at L = 77); 0 turns the
+    cache off.
     """
 
     is_frozen = True
@@ -70,8 +77,11 @@ class HFTextEncoder(nn.Module):
         max_length: int = 77,
         device: str | torch.device | None = None,
         local_files_only: bool = False,
+        cache_size: int = 2048,
     ) -> None:
         super().__init__()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
         self.name_or_path = name_or_path or default_text_encoder_path()
         # The default's folder is just "model"; name the package instead, for cache keys and logs.
         self.name = DEFAULT_TEXT_PACKAGE if name_or_path is None else Path(name_or_path.rstrip("/")).name
@@ -98,6 +108,23 @@ class HFTextEncoder(nn.Module):
         """{"tokens": (B, L, C) float32, "mask": (B, L) bool, "pooled": (B, C) float32}."""
         if isinstance(texts, str):
             raise TypeError("encode takes a list of captions, not one string")
+        if not self.cache_size:
+            return self.run_model(list(texts))
+        found = {t: self._cache[t] for t in texts if t in self._cache}
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            computed = self.run_model(missing)
+            found.update((t, (computed["tokens"][i], computed["mask"][i], computed["pooled"][i])) for i, t in enumerate(missing))
+        for text in dict.fromkeys(texts):
+            self._cache[text] = found[text]
+            self._cache.move_to_end(text)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        tokens, mask, pooled = (torch.stack([found[t][i] for t in texts]).to(self.device) for i in range(3))
+        return {"tokens": tokens, "mask": mask, "pooled": pooled}
+
+    def run_model(self, texts: list[str]) -> Cond:
+        """The encoder itself on a list of captions, no cache."""
         batch = self.tokenizer(
             list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
