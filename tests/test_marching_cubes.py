@@ -48,9 +48,11 @@ def test_coarse_to_fine_keeps_the_surface_of_an_offset_thin_shape():
     assert len(fine) > 0.9 * len(dense)
 
 
-def test_a_field_without_surface_is_named():
+@pytest.mark.parametrize("resolution", [32, 64, 128])
+def test_a_field_without_surface_is_named(resolution):
+    # Above the start resolution, coarse to fine finds no cell to refine: still a named NoSurfaceError.
     with pytest.raises(NoSurfaceError, match="no zero crossing"):
-        extract_mesh(lambda p: np.ones(len(p)), 32)
+        extract_mesh(lambda p: np.ones(len(p)), resolution)
 
 
 def test_resolution_must_refine_by_powers_of_two():

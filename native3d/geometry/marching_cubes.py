@@ -40,6 +40,9 @@ class FieldGrid:
 
 
 def evaluate(field: Field, points: np.ndarray, chunk: int) -> np.ndarray:
+    """The field at (P, 3) points, `chunk` points per call; P may be 0 (no cell left to refine)."""
+    if len(points) == 0:
+        return np.zeros(0, dtype=np.float32)
     return np.concatenate([np.asarray(field(points[i : i + chunk]), dtype=np.float32).reshape(-1) for i in range(0, len(points), chunk)])
 
 
