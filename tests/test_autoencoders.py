@@ -40,15 +40,6 @@ B, N, R, Q = 2, 512, 32, 256
 RADIUS, TRUNCATION = 0.5, 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions are dominated by threading overhead on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sphere_batch(batch_size: int = B, seed: int = 0) -> dict[str, torch.Tensor]:
     """A shard-like batch of spheres of radius 0.5 (slightly different centres), float16 like shards."""
     g = torch.Generator().manual_seed(seed)

@@ -16,14 +16,6 @@ PRESETS = [vecset_tiny, grid_tiny, triplane_tiny]
 RADIUS, TRUNCATION = 0.5, 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("preset", PRESETS)
 def test_query_of_decoder_features_is_decode(preset):
     torch.manual_seed(0)
