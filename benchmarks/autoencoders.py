@@ -24,9 +24,11 @@ Evaluation on the held-out shapes (posterior mode, as validation does):
 Throughput is training samples per second over the main run's training batches; peak memory is
 the training process's peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`).
 
-    .venv/bin/python benchmarks/autoencoders.py [--models vecset,grid,triplane] [--minutes 10] [--jobs 1] [--quick]
+    .venv/bin/python benchmarks/autoencoders.py [--models vecset,grid,triplane] [--minutes 10] [--jobs 1] [--keep] [--quick]
 
-`--quick` checks the script on tiny data (48 + 48 shapes) with half a minute per model.
+`--quick` checks the script on tiny data (48 + 48 shapes) with half a minute per model. `--keep`
+reports, next to the models trained now, the results already in `--out` for the others (marked
+"kept": an earlier run, with its own threads and budget), so one model can be rerun alone.
 
 The last line is machine-readable: `iou_vecset=<x> iou_grid=<y> iou_triplane=<z>`.
 """
@@ -267,6 +269,7 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
         "params": sum(p.numel() for p in module.autoencoder.parameters()),
         "latent_shape": list(module.autoencoder.latent_shape),
         "seconds_per_step_timed": seconds_per_step,
+        "budget_minutes": minutes,
         "planned_steps": steps,
         "steps": done,
         "train_minutes": timer.span / 60,
@@ -284,28 +287,28 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
 # Report
 
 
-def print_table(results: list[dict], paths: dict, minutes: dict[str, float], load: tuple, jobs: int) -> None:
+def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> None:
     train, held = load_index(paths["train"]), load_index(paths["heldout"])
     print(f"data: {train.num_samples} training shapes, {held.num_samples} held-out shapes "
           f"({', '.join(f'{k[8:]} {load_index(v).num_samples}' for k, v in paths.items() if k.startswith('heldout-'))}; "
           f"the last shards of each set); sizes {train.info['sizes']}")  # fmt: skip
-    print(f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, {jobs} model(s) at a time on {CORES} cores, "
-          f"torch threads per model {results[0]['threads']}, "
-          f"budget per model (min): {minutes}; load average before/after: {load[0]} / {load[1]}")  # fmt: skip
-    header = f"{'model':9} {'params':>9} {'latent':>14} {'steps':>6} {'min':>5} {'samples/s':>9} {'peakRSS MB':>10} "
+    print(f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, {jobs} model(s) at a time on {CORES} cores; "
+          f"load average before/after: {load[0]} / {load[1]}")  # fmt: skip
+    header = f"{'model':9} {'run':4} {'thr':>3} {'params':>9} {'latent':>14} {'steps':>6} {'budget':>6} {'min':>5} {'samples/s':>9} {'peakRSS MB':>10} "
     header += f"{'IoU':>6} {'IoU prim':>8} {'IoU pyb':>8} {'CD-L1':>7} {'F@0.02':>7} {'meshes':>7}"
     print(header)
     for r in results:
         h, p, b = r["heldout"], r["heldout-primitives"], r["heldout-pybullet"]
         latent = "x".join(str(d) for d in r["latent_shape"])
         print(
-            f"{r['model']:9} {r['params']:>9,} {latent:>14} {r['steps']:>6} {r['train_minutes']:>5.1f} "
+            f"{r['model']:9} {'kept' if r.get('kept') else 'now':4} {r['threads']:>3} {r['params']:>9,} {latent:>14} {r['steps']:>6} {r['budget_minutes']:>6.1f} {r['train_minutes']:>5.1f} "
             f"{r['samples_per_second']:>9.1f} {r['peak_rss_mb']:>10.0f} {h['iou']:>6.3f} {p['iou']:>8.3f} {b['iou']:>8.3f} "
             f"{h['chamfer_l1']:>7.4f} {h['fscore']:>7.3f} {h['found']:>3}/{h['meshed']:<3}"
         )  # fmt: skip
     print("IoU: sign agreement on the uniform half of each held-out shape's queries; CD-L1 / F@0.02: 64^3 decode_mesh "
           "meshes (2,048 points) vs the shape's surface points, over the meshes with a surface (meshes = found/tried); "
-          "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process")  # fmt: skip
+          "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process; thr: torch threads; "
+          "min: minutes of training (the budget caps it)")  # fmt: skip
     ceiling = {k[len("heldout-"):]: input_grid_iou(paths["train"], v) for k, v in paths.items() if k.startswith("heldout-")}
     every = [v for values in ceiling.values() for v in values]
     print(f"reference, no model: the input sdf.npy ({train.sizes.grid_resolution}^3) read trilinearly at the same queries: IoU {statistics.fmean(every):.3f} "
@@ -323,6 +326,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny data, 0.5 minutes per model, 4 meshes per set")
     parser.add_argument("--mesh-shapes", type=int, default=16, help="mesh the first N held-out shapes of each set (0: none, -1: all)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at a time; each gets cores / jobs torch threads")
+    parser.add_argument("--keep", action="store_true", help="also report the other models' results already in --out")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - set(MODELS)
@@ -353,9 +357,13 @@ def main() -> None:
                     raise SystemExit(f"{name}: training process exited with {process.exitcode}")
                 print(f"{name}: done", flush=True)
             running = []
-    results = [json.loads((out / model / "result.json").read_text()) for model in models]
+    results = []
+    for model in MODELS:
+        path = out / model / "result.json"
+        if model in models or (args.keep and path.is_file()):
+            results.append({**json.loads(path.read_text()), "kept": model not in models})
     load_after = tuple(round(x, 2) for x in os.getloadavg())
-    print_table(results, paths, {m: minutes for m in models}, (load_before, load_after), args.jobs)
+    print_table(results, paths, (load_before, load_after), args.jobs)
     by_model = {r["model"]: r["heldout"]["iou"] for r in results}
     print(" ".join(f"iou_{m}={by_model[m]:.4f}" if m in by_model else f"iou_{m}=nan" for m in MODELS))
 

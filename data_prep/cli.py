@@ -38,6 +38,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--captions-csv", type=Path, help="local/objaverse: CSV of id-or-path,caption")
     group.add_argument("--count", type=int, default=1000, help="primitives: number of objects")
     group.add_argument("--seed", type=int, default=0, help="primitives: generator seed; all: sampling seed")
+    group.add_argument("--poses", choices=("any", "upright"), default="any",
+                       help="primitives: any orientation (named in the caption) or upright with a random turn about the up axis")
     group.add_argument("--uids-file", type=Path, help="objaverse: file with one uid per line")
     group.add_argument("--cache-dir", type=Path, help="objaverse: the package's cache directory")
     group.add_argument("--lvis-category", action="append", default=[], help="objaverse: LVIS category (repeatable)")
@@ -85,7 +87,7 @@ def iter_source(args: argparse.Namespace) -> Iterator[MeshItem]:
         return iter_pybullet(limit=args.limit)
     from data_prep.sources.primitives import iter_primitives
 
-    return iter_primitives(count=args.count, seed=args.seed, limit=args.limit)
+    return iter_primitives(count=args.count, seed=args.seed, limit=args.limit, poses=args.poses)
 
 
 SIZE_FIELDS = ("surface_points", "grid_resolution", "query_points", "views", "view_size", "truncation")
@@ -101,7 +103,7 @@ def size_arguments(sizes: Sizes) -> list[str]:
 
 
 def source_record(args: argparse.Namespace) -> dict:
-    keys = ("source", "limit", "root", "captions_csv", "count", "seed", "uids_file", "cache_dir", "lvis_category")
+    keys = ("source", "limit", "root", "captions_csv", "count", "seed", "poses", "uids_file", "cache_dir", "lvis_category")
     return {k: (str(v) if isinstance(v, Path) else v) for k in keys if (v := getattr(args, k)) not in (None, [])}
 
 

@@ -272,6 +272,23 @@ def test_primitive_seeds_differ():
     assert all(differ)
 
 
+def test_upright_primitives_stand_upright_and_are_other_objects():
+    upright = list(iter_primitives(48, seed=0, poses="upright"))
+    assert {item.meta["pose"]["orientation"] for item in upright} == {"upright"}
+    assert not any(word in item.caption for item in upright for word in ("tilted", "side", "upside"))
+    cylinders = [item.mesh for item in upright if item.meta["class"] == "cylinder"]
+    for mesh in cylinders:  # the axis is the up axis (y): every vertex lies on one of the two caps
+        heights = np.unique(np.round(mesh.vertices[:, 1], 6))
+        assert len(heights) == 2, heights
+    turns = {item.meta["pose"]["yaw_deg"] for item in upright}
+    assert len(turns) == len(upright)  # a random turn about the up axis each
+    anywise = list(iter_primitives(48, seed=0))
+    assert not {item.id for item in upright} & {item.id for item in anywise}
+    assert {item.meta["pose"]["orientation"] for item in anywise} > {"upright"}
+    with pytest.raises(ValueError, match="poses"):
+        list(iter_primitives(2, poses="sideways"))
+
+
 @pytest.mark.parametrize("source", ["objaverse", "pybullet", "primitives", "local"])
 def test_every_source_builds_shards_that_read_back(
     source, sources_objaverse_cache, sources_restore_objaverse, sources_local_folder, tmp_path

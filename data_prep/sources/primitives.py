@@ -12,6 +12,13 @@ from a permutation of the classes per block of len(PRIMITIVE_CLASSES) items, so 
 holds each class once. Shapes are built z-up and turned y-up (the glTF/Objaverse convention)
 at the end. The overall scale varies, but normalization removes it, so captions only describe
 proportions, parts and pose.
+
+Poses: with `poses="any"` (the default) a shape stands upright, tilted 20-50 degrees, on its side
+or upside down, and the caption says which; with `poses="upright"` every shape stands upright
+with a random turn about the up axis, as category-aligned collections (ShapeNet, most of
+Objaverse) are, and no caption names a pose. Shape-distance evaluations that classify a shape
+by its nearest reference shapes need the second: a tilted table can lie nearer, by Chamfer
+distance, to a tilted box than to the upright tables among the references.
 """
 
 from __future__ import annotations
@@ -42,19 +49,24 @@ class Shape:
     shows_pose: bool = True  # False where rotation is invisible (a round sphere)
 
 
-def iter_primitives(count: int, seed: int = 0, limit: int | None = None) -> Iterator[MeshItem]:
-    """Yields `count` primitives (the first `limit` of them when given), deterministic in `seed`."""
+POSES = ("any", "upright")
+
+
+def iter_primitives(count: int, seed: int = 0, limit: int | None = None, poses: str = "any") -> Iterator[MeshItem]:
+    """Yields `count` primitives (the first `limit` of them when given), deterministic in `seed` and `poses`."""
+    if poses not in POSES:
+        raise ValueError(f"unknown poses {poses!r}; choose from {POSES}")
     stop = count if limit is None else min(count, limit)
     for index in range(stop):
-        yield make_primitive(index, seed)
+        yield make_primitive(index, seed, poses)
 
 
-def make_primitive(index: int, seed: int = 0) -> MeshItem:
-    """Item `index` of the sequence for `seed` (a non-negative int)."""
+def make_primitive(index: int, seed: int = 0, poses: str = "any") -> MeshItem:
+    """Item `index` of the sequence for `seed` (a non-negative int) and `poses` (POSES)."""
     name, build = _BUILDERS[class_index(index, seed)]
     rng = np.random.default_rng([seed, index])
     shape = build(rng)
-    pose, tilt, yaw = _random_pose(rng)
+    pose, tilt, yaw = _random_pose(rng) if poses == "any" else ("upright", 0.0, float(rng.uniform(0, 2 * math.pi)))
     scale = float(rng.uniform(0.5, 2.0))
     transform = Z_UP_TO_Y_UP @ _pose_matrix(tilt, yaw, rng) @ np.diag([scale, scale, scale, 1.0])
     mesh = trimesh.util.concatenate(shape.parts)
@@ -67,11 +79,13 @@ def make_primitive(index: int, seed: int = 0) -> MeshItem:
         "seed": seed,
         "index": index,
         "params": shape.params,
+        "poses": poses,
         "pose": {"orientation": pose, "tilt_deg": round(math.degrees(tilt), 2), "yaw_deg": round(math.degrees(yaw), 2)},
         "scale": round(scale, 4),
         "up_axis": "y",
     }
-    return MeshItem(id=f"primitive-s{seed}-{index:06d}", caption=caption, meta=meta, mesh=mesh)
+    family = "primitive" if poses == "any" else f"primitive-{poses}"  # another pose law, other objects: other ids
+    return MeshItem(id=f"{family}-s{seed}-{index:06d}", caption=caption, meta=meta, mesh=mesh)
 
 
 def class_index(index: int, seed: int) -> int:
