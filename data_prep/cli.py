@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_prep.sources import MeshItem
+from data_prep.sources.primitives import POSES
 from native3d.data.schema import Sizes
 from native3d.geometry.mesh import DEFAULT_MAX_FACES
 
@@ -38,7 +39,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--captions-csv", type=Path, help="local/objaverse: CSV of id-or-path,caption")
     group.add_argument("--count", type=int, default=1000, help="primitives: number of objects")
     group.add_argument("--seed", type=int, default=0, help="primitives: generator seed; all: sampling seed")
-    group.add_argument("--poses", choices=("any", "upright"), default="any",
+    group.add_argument("--poses", choices=POSES, default="any",
                        help="primitives: any orientation (named in the caption) or upright with a random turn about the up axis")
     group.add_argument("--uids-file", type=Path, help="objaverse: file with one uid per line")
     group.add_argument("--cache-dir", type=Path, help="objaverse: the package's cache directory")

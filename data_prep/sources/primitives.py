@@ -66,7 +66,7 @@ def make_primitive(index: int, seed: int = 0, poses: str = "any") -> MeshItem:
     name, build = _BUILDERS[class_index(index, seed)]
     rng = np.random.default_rng([seed, index])
     shape = build(rng)
-    pose, tilt, yaw = _random_pose(rng) if poses == "any" else ("upright", 0.0, float(rng.uniform(0, 2 * math.pi)))
+    pose, tilt, yaw = _random_pose(rng, poses)
     scale = float(rng.uniform(0.5, 2.0))
     transform = Z_UP_TO_Y_UP @ _pose_matrix(tilt, yaw, rng) @ np.diag([scale, scale, scale, 1.0])
     mesh = trimesh.util.concatenate(shape.parts)
@@ -94,9 +94,11 @@ def class_index(index: int, seed: int) -> int:
     return int(order[slot])
 
 
-def _random_pose(rng: np.random.Generator) -> tuple[str, float, float]:
+def _random_pose(rng: np.random.Generator, poses: str) -> tuple[str, float, float]:
     """An orientation name, a tilt away from upright and a yaw about the up axis (radians)."""
     yaw = float(rng.uniform(0, 2 * math.pi))
+    if poses == "upright":
+        return "upright", 0.0, yaw
     u = rng.uniform()
     if u < 0.45:
         return "upright", 0.0, yaw
