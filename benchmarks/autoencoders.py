@@ -188,8 +188,11 @@ def dd_hh_mm_ss(seconds: float) -> str:
     return f"{hours // 24:02d}:{hours % 24:02d}:{m:02d}:{s:02d}"
 
 
+CONFIG_OVERRIDES: dict[str, Path] = {}  # --config MODEL=PATH
+
+
 def model_config(model: str) -> Path:
-    return CONFIGS / "autoencoder" / f"{model}_cpu.yaml"
+    return CONFIG_OVERRIDES.get(model, CONFIGS / "autoencoder" / f"{model}_cpu.yaml")
 
 
 @torch.no_grad()
@@ -248,9 +251,10 @@ def summary(scores: dict[str, list]) -> dict:
             "chamfer_l1": mean(scores["chamfer_l1"]), "fscore": mean(scores["fscore"])}  # fmt: skip
 
 
-def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path, threads: int) -> None:
+def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path, threads: int, config: Path) -> None:
     """One model in this process: timing run, budgeted run, evaluation; writes a JSON result."""
     torch.set_num_threads(threads)
+    CONFIG_OVERRIDES[model] = config  # a spawned process starts without the parent's overrides
     sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `fit`, not from this script's command line
     import logging
 
@@ -265,7 +269,7 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
     done = timer.steps
     result = {
         "model": model,
-        "config": str(model_config(model).relative_to(ROOT)),
+        "config": os.path.relpath(model_config(model), ROOT),
         "params": sum(p.numel() for p in module.autoencoder.parameters()),
         "latent_shape": list(module.autoencoder.latent_shape),
         "seconds_per_step_timed": seconds_per_step,
@@ -313,8 +317,7 @@ def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> Non
     every = [v for values in ceiling.values() for v in values]
     print(f"reference, no model: the input sdf.npy ({train.sizes.grid_resolution}^3) read trilinearly at the same queries: IoU {statistics.fmean(every):.3f} "
           f"({', '.join(f'{k} {statistics.fmean(v):.3f}' for k, v in ceiling.items())})")  # fmt: skip
-    for model in MODELS:
-        print(f"full preset configs/autoencoder/{model}.yaml on GPU: memory and throughput not measured (no GPU lent)")
+    print("the full presets (configs/autoencoder/<model>.yaml) are GPU-sized: benchmarks/autoencoder_presets.py measures their GPU memory and throughput")
 
 
 def main() -> None:
@@ -327,11 +330,17 @@ def main() -> None:
     parser.add_argument("--mesh-shapes", type=int, default=16, help="mesh the first N held-out shapes of each set (0: none, -1: all)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at a time; each gets cores / jobs torch threads")
     parser.add_argument("--keep", action="store_true", help="also report the other models' results already in --out")
+    parser.add_argument("--config", action="append", default=[], metavar="MODEL=YAML", help="train MODEL with this config instead of configs/autoencoder/MODEL_cpu.yaml")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; choose from {MODELS}")
+    for item in args.config:
+        model, _, path = item.partition("=")
+        if model not in MODELS or not Path(path).is_file():
+            raise SystemExit(f"--config {item}: expected MODEL=YAML with MODEL in {MODELS} and an existing file")
+        CONFIG_OVERRIDES[model] = Path(path).resolve()
     if args.minutes > 20:
         raise SystemExit("--minutes is at most 20")
     minutes = 0.5 if args.quick else args.minutes
@@ -347,7 +356,7 @@ def main() -> None:
     for i, model in enumerate(models):
         result_path = out / model / "result.json"
         result_path.parent.mkdir(parents=True, exist_ok=True)
-        work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads)
+        work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads, model_config(model))
         running.append((model, multiprocessing.get_context("spawn").Process(target=run_model, args=work)))
         running[-1][1].start()
         if len(running) == args.jobs or i == len(models) - 1:

@@ -161,6 +161,14 @@ def test_patched_models_read_their_features_at_patch_resolution(batch):
     latent = planes.encode(planes.inputs_from_batch(batch)).mode()
     assert latent.shape == (B, 3, 8, 8, 8)
     assert planes.decoder_features(latent).shape == (B, 3, 16, 16, 16)
+    unpatched = TriplaneVAE(
+        resolution=32, channels=(16, 32), latent_channels=8, feature_channels=16, head_hidden=32, head_layers=1,
+        patch_size=2, unpatch_features=True,
+    ).eval()  # fmt: skip
+    latent = unpatched.encode(unpatched.inputs_from_batch(batch)).mode()
+    assert latent.shape == (B, 3, 8, 8, 8)
+    assert unpatched.decoder_features(latent).shape == (B, 3, 16, 32, 32)
+    assert unpatched.decode(latent, torch.zeros(B, 5, 3)).shape == (B, 5)
 
 
 def test_point_pooling_averages_point_embeddings_into_their_nearest_plane_cells():
@@ -266,6 +274,30 @@ def test_bf16_autocast_forward_backward(preset, batch):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bf16_autocast_on_cuda_trains_and_agrees_with_float32(preset, batch):
+    torch.manual_seed(0)
+    model = preset().cuda()
+    cuda_batch = {k: v.cuda() for k, v in batch.items()}
+    inputs, (points, target) = model.inputs_from_batch(cuda_batch), model.queries_from_batch(cuda_batch)
+    model.eval()
+    with torch.no_grad():
+        reference = model.decode(model.encode(inputs).mode(), points)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model.decode(model.encode(inputs).mode(), points)
+    scale = reference.abs().max()
+    assert (low.float() - reference).abs().max() <= 0.05 * scale, "bf16 autocast strays from float32"
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        sdf, posterior = model(inputs, points, sample_posterior=True)
+        loss = autoencoder_loss(sdf, target, posterior, kl_weight=1e-3, clamp=TRUNCATION)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_bce_and_eikonal_give_finite_gradients(preset, batch):
     torch.manual_seed(0)
@@ -325,8 +357,9 @@ def test_eikonal_is_zero_for_a_true_sdf():
     [
         lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, use_normals=False),
         lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, aggregate="concat"),
+        lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, patch_size=2, unpatch_features=True),
     ],
-    ids=["vecset-no-normals", "triplane-concat"],
+    ids=["vecset-no-normals", "triplane-concat", "triplane-unpatched"],
 )
 def test_variants_keep_the_contract(build, batch):
     model = build()

@@ -10,6 +10,7 @@ buffers of the autoencoder so that they are saved with its weights.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from typing import Literal
 
@@ -152,3 +153,9 @@ class LatentAutoencoder(nn.Module):
         self.latent_mean.copy_(mean)
         self.latent_std.copy_(std.clamp_min(eps))
         return mean, std
+
+
+def autoencoder_from_config(config: dict) -> LatentAutoencoder:
+    """The autoencoder that a `{class_path, init_args}` mapping names, as YAML configs and checkpoints hold it."""
+    module_name, class_name = config["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module_name), class_name)(**config.get("init_args", {}))

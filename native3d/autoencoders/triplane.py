@@ -14,6 +14,11 @@ features of its position, and its normal), and each plane cell averages the embe
 points that project into it. Those features join the stored projections as input channels. The
 stored projections say where the shape is seen from each axis; the pooled features can also say
 at what depth and with which orientation, which projections alone lose.
+
+With `patch_size` p > 1 the conv stacks run at R / p. `unpatch_features` then ends the decoder
+with the stem's mirror, a stride-p transposed convolution (ViT's unpatchify), so that the feature
+planes are read at the input's resolution R: p x p features per cell instead of one, for thin
+parts, at the cost of one cheap layer.
 """
 
 from __future__ import annotations
@@ -125,6 +130,7 @@ class TriplaneVAE(LatentAutoencoder):
         num_frequencies: int = 6,
         point_channels: int = 0,
         patch_size: int = 1,
+        unpatch_features: bool = False,
     ) -> None:
         super().__init__(latent_channels)
         factor = patch_size * 2 ** (len(channels) - 1)
@@ -143,7 +149,10 @@ class TriplaneVAE(LatentAutoencoder):
         self.from_latent = nn.Conv2d(latent_channels, channels[-1], 3, padding=1)
         self.up = interleave_mixing(decoder_stack(channels, blocks_per_level, dims=2))
         self.norm_features = group_norm(channels[0])
-        self.to_features = nn.Conv2d(channels[0], feature_channels, 3, padding=1)
+        if unpatch_features and patch_size > 1:  # the stem's mirror: feature planes back at R a side
+            self.to_features = nn.ConvTranspose2d(channels[0], feature_channels, patch_size, stride=patch_size)
+        else:
+            self.to_features = nn.Conv2d(channels[0], feature_channels, 3, padding=1)
         head_in = feature_channels * (PLANES if aggregate == "concat" else 1)
         self.head = ImplicitMLPHead(head_in, head_hidden, head_layers, num_frequencies)
 

@@ -12,7 +12,6 @@ diffusion checkpoint samples meshes on its own; a frozen text encoder is re-load
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 import torch
 from torch import Tensor, nn
 
-from native3d.autoencoders.bottleneck import LatentAutoencoder
+from native3d.autoencoders.bottleneck import LatentAutoencoder, autoencoder_from_config
 from native3d.conditioning.condition import ImageConditioner, TextConditioner
 from native3d.diffusion import DDPM, RectifiedFlow, cfg_model, drop_condition, sample_dpm_solver, sample_euler
 from native3d.nn.modulation import Cond
@@ -194,8 +193,7 @@ def check_sampler(sampler: Callable, objective: RectifiedFlow | DDPM) -> None:
 def load_frozen_autoencoder(ckpt: str, config: dict | None) -> tuple[LatentAutoencoder, dict]:
     """The frozen autoencoder, from its checkpoint file or (reloading a diffusion checkpoint) its config."""
     if config is not None:
-        module_name, class_name = config["class_path"].rsplit(".", 1)
-        autoencoder = getattr(importlib.import_module(module_name), class_name)(**config.get("init_args", {}))
+        autoencoder = autoencoder_from_config(config)
     else:
         from native3d.encode import load_autoencoder
 
