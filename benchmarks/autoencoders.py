@@ -24,11 +24,13 @@ Evaluation on the held-out shapes (posterior mode, as validation does):
 Throughput is training samples per second over the main run's training batches; peak memory is
 the training process's peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`).
 
-    .venv/bin/python benchmarks/autoencoders.py [--models vecset,grid,triplane] [--minutes 10] [--jobs 1] [--keep] [--quick]
+    .venv/bin/python benchmarks/autoencoders.py [--models vecset,grid,triplane] [--minutes 10] [--jobs 1] [--keep] [--quick] [--config MODEL=YAML]
 
 `--quick` checks the script on tiny data (48 + 48 shapes) with half a minute per model. `--keep`
 reports, next to the models trained now, the results already in `--out` for the others (marked
 "kept": an earlier run, with its own threads and budget), so one model can be rerun alone.
+`--config triplane=my.yaml` trains a model with another config of the same form (the table names
+the config of every row).
 
 The last line is machine-readable: `iou_vecset=<x> iou_grid=<y> iou_triplane=<z>`.
 """
@@ -309,6 +311,7 @@ def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> Non
             f"{r['samples_per_second']:>9.1f} {r['peak_rss_mb']:>10.0f} {h['iou']:>6.3f} {p['iou']:>8.3f} {b['iou']:>8.3f} "
             f"{h['chamfer_l1']:>7.4f} {h['fscore']:>7.3f} {h['found']:>3}/{h['meshed']:<3}"
         )  # fmt: skip
+    print("configs: " + ", ".join(f"{r['model']} {r['config']}" for r in results))
     print("IoU: sign agreement on the uniform half of each held-out shape's queries; CD-L1 / F@0.02: 64^3 decode_mesh "
           "meshes (2,048 points) vs the shape's surface points, over the meshes with a surface (meshes = found/tried); "
           "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process; thr: torch threads; "
