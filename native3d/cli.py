@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--data", required=True, help="shard set folder or index.json")
     encode.add_argument("--out", required=True)
     encode.add_argument("--batch-size", type=int, default=16)
-    encode.add_argument("--device", default="cpu")
+    encode.add_argument("--device", default="cuda" if _cuda() else "cpu")
     sample = commands.add_parser("sample", help="meshes from a latent-diffusion checkpoint")
     sample.add_argument("--ckpt", required=True)
     add_sampling_arguments(sample)
