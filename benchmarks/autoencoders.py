@@ -157,13 +157,13 @@ class BatchTimer:
         return statistics.median(b - a for a, b in zip(self.starts[skipped:], self.starts[skipped + 1 :]))
 
 
-def fit(model: str, paths: dict, out: Path, max_steps: int, max_seconds: float | None, quick: bool):
-    """Trains through LightningCLI (as `native3d fit` does); returns (module, datamodule, timer)."""
+def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float | None, quick: bool):
+    """Trains the model of `config` through LightningCLI (as `native3d fit` does); returns (module, datamodule, timer)."""
     from lightning.pytorch.cli import LightningCLI
     import lightning as L
 
     argv = [
-        "--config", str(model_config(model)), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
+        "--config", str(config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
         "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(paths["train"]),
         "--data.val", str(paths["heldout"]), "--data.batch_size", str(BATCH_SIZE), "--data.num_workers", "0",
         "--data.query_points", str(TRAIN_QUERIES), "--data.shuffle_buffer", "64" if quick else "256",
@@ -190,11 +190,8 @@ def dd_hh_mm_ss(seconds: float) -> str:
     return f"{hours // 24:02d}:{hours % 24:02d}:{m:02d}:{s:02d}"
 
 
-CONFIG_OVERRIDES: dict[str, Path] = {}  # --config MODEL=PATH
-
-
 def model_config(model: str) -> Path:
-    return CONFIG_OVERRIDES.get(model, CONFIGS / "autoencoder" / f"{model}_cpu.yaml")
+    return CONFIGS / "autoencoder" / f"{model}_cpu.yaml"
 
 
 @torch.no_grad()
@@ -256,22 +253,21 @@ def summary(scores: dict[str, list]) -> dict:
 def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path, threads: int, config: Path) -> None:
     """One model in this process: timing run, budgeted run, evaluation; writes a JSON result."""
     torch.set_num_threads(threads)
-    CONFIG_OVERRIDES[model] = config  # a spawned process starts without the parent's overrides
     sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `fit`, not from this script's command line
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     timing_steps, skipped = (6, 2) if quick else (TIMING_STEPS, STEPS_SKIPPED)
-    _, _, timing = fit(model, paths, out / "timing", timing_steps, None, quick)
+    _, _, timing = fit(config, paths, out / "timing", timing_steps, None, quick)
     seconds_per_step = timing.seconds_per_step(skipped)
     budget = 60.0 * minutes
     steps = max(skipped + 1, int(budget / seconds_per_step))
-    module, _, timer = fit(model, paths, out / "run", steps, budget, quick)
+    module, _, timer = fit(config, paths, out / "run", steps, budget, quick)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     done = timer.steps
     result = {
         "model": model,
-        "config": os.path.relpath(model_config(model), ROOT),
+        "config": os.path.relpath(config, ROOT),
         "params": sum(p.numel() for p in module.autoencoder.parameters()),
         "latent_shape": list(module.autoencoder.latent_shape),
         "seconds_per_step_timed": seconds_per_step,
@@ -339,11 +335,12 @@ def main() -> None:
     unknown = set(models) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; choose from {MODELS}")
+    configs = {model: model_config(model) for model in MODELS}
     for item in args.config:
         model, _, path = item.partition("=")
         if model not in MODELS or not Path(path).is_file():
             raise SystemExit(f"--config {item}: expected MODEL=YAML with MODEL in {MODELS} and an existing file")
-        CONFIG_OVERRIDES[model] = Path(path).resolve()
+        configs[model] = Path(path).resolve()
     if args.minutes > 20:
         raise SystemExit("--minutes is at most 20")
     minutes = 0.5 if args.quick else args.minutes
@@ -359,7 +356,7 @@ def main() -> None:
     for i, model in enumerate(models):
         result_path = out / model / "result.json"
         result_path.parent.mkdir(parents=True, exist_ok=True)
-        work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads, model_config(model))
+        work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads, configs[model])
         running.append((model, multiprocessing.get_context("spawn").Process(target=run_model, args=work)))
         running[-1][1].start()
         if len(running) == args.jobs or i == len(models) - 1:
