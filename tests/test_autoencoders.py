@@ -169,6 +169,8 @@ def test_patched_models_read_their_features_at_patch_resolution(batch):
     assert latent.shape == (B, 3, 8, 8, 8)
     assert unpatched.decoder_features(latent).shape == (B, 3, 16, 32, 32)
     assert unpatched.decode(latent, torch.zeros(B, 5, 3)).shape == (B, 5)
+    with pytest.raises(ValueError, match="patch_size > 1"):
+        TriplaneVAE(resolution=32, channels=(16, 32), unpatch_features=True)
 
 
 def test_point_pooling_averages_point_embeddings_into_their_nearest_plane_cells():

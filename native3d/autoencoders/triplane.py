@@ -134,6 +134,8 @@ class TriplaneVAE(LatentAutoencoder):
     ) -> None:
         super().__init__(latent_channels)
         factor = patch_size * 2 ** (len(channels) - 1)
+        if unpatch_features and patch_size == 1:
+            raise ValueError("unpatch_features needs patch_size > 1: without patches the feature planes are already at the full resolution")
         if resolution % factor:
             raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {factor}")
         self.resolution = resolution
@@ -149,7 +151,7 @@ class TriplaneVAE(LatentAutoencoder):
         self.from_latent = nn.Conv2d(latent_channels, channels[-1], 3, padding=1)
         self.up = interleave_mixing(decoder_stack(channels, blocks_per_level, dims=2))
         self.norm_features = group_norm(channels[0])
-        if unpatch_features and patch_size > 1:  # the stem's mirror: feature planes back at R a side
+        if unpatch_features:  # the stem's mirror: feature planes back at R a side
             self.to_features = nn.ConvTranspose2d(channels[0], feature_channels, patch_size, stride=patch_size)
         else:
             self.to_features = nn.Conv2d(channels[0], feature_channels, 3, padding=1)
