@@ -19,6 +19,8 @@ Evaluation on the held-out shapes (posterior mode, as validation does):
   - Chamfer-L1 and F-score@0.02 of `decode_mesh` marching-cubes meshes at 64^3 (2,048 points
     sampled on each mesh) against the shape's surface points, as the training module logs them,
     on the first `--mesh-shapes` held-out shapes of each set (meshing costs seconds per shape here);
+  - the same IoU on as many training shapes (the first shards of each set's training part): close
+    to the held-out IoU, the model underfits; well above it, it overfits;
   - as a reference without a model, the IoU of the input `sdf.npy` itself read trilinearly at the
     same queries: the ceiling that the grid resolution sets.
 Throughput is training samples per second over the main run's training batches; peak memory is
@@ -64,8 +66,9 @@ CORES = os.cpu_count() or 1
 BATCH_SIZE = 8
 TRAIN_QUERIES = 2048  # a random half of each shape's queries per step
 MESH_RESOLUTION = 64
-TIMING_STEPS = 16  # the timing run; its first STEPS_SKIPPED steps are warm-up
-STEPS_SKIPPED = 4
+TIMING_STEPS = 32  # the timing run; its first STEPS_SKIPPED steps are warm-up (oneDNN, the shuffle buffer)
+STEPS_SKIPPED = 12
+UNDERUSED = 0.9  # a run that trains less of its budget than this gets a warning under the table
 PRECISIONS = ("32-true", "bf16-mixed")  # what a CPU trains in
 
 
@@ -90,7 +93,7 @@ def build_data(data: Path, quick: bool) -> dict[str, Path]:
     """Builds (or resumes) both shard sets and writes the train and held-out indexes; returns their paths."""
     from native3d.data.datamodule import hold_out
 
-    train_shards, sets, held = [], {}, {}
+    train_shards, sample_shards, sets, held = [], [], {}, {}
     for name, plan in data_plan(quick).items():
         out = data / name
         if (out / "index.json").is_file() and load_index(out).sizes.grid_resolution != GRID_RESOLUTION:
@@ -102,6 +105,7 @@ def build_data(data: Path, quick: bool) -> dict[str, Path]:
         train, heldout = hold_out(load_index(out), plan["held_out"])
         sets[name] = heldout
         train_shards += list(train.shards)
+        sample_shards += list(train.shards[: plan["held_out"]])  # as many training shapes as held-out ones
         held[name] = write_index(data / f"heldout-{name}.json", heldout.shards, heldout.info, data)
     first = next(iter(sets.values()))
     for name, index in sets.items():
@@ -110,6 +114,7 @@ def build_data(data: Path, quick: bool) -> dict[str, Path]:
     all_held = [s for index in sets.values() for s in index.shards]
     paths = {"train": write_index(data / "train.json", train_shards, first.info, data)}
     paths["heldout"] = write_index(data / "heldout.json", all_held, first.info, data)
+    paths["train-sample"] = write_index(data / "train-sample.json", sample_shards, first.info, data)
     return {**paths, **{f"heldout-{name}": path for name, path in held.items()}}
 
 
@@ -196,6 +201,17 @@ def dd_hh_mm_ss(seconds: float) -> str:
 
 def model_config(model: str) -> Path:
     return CONFIGS / "autoencoder" / f"{model}_cpu.yaml"
+
+
+def per_model(flag: str, items: list[str], name: str, valid, expected: str) -> list[tuple[str, str]]:
+    """Parses repeated `flag MODEL=VALUE` options; a bad one stops with an error naming it."""
+    pairs = []
+    for item in items:
+        model, _, value = item.partition("=")
+        if model not in MODELS or not valid(value):
+            raise SystemExit(f"{flag} {item}: expected MODEL={name} with MODEL in {MODELS} and {name} {expected}")
+        pairs.append((model, value))
+    return pairs
 
 
 @torch.no_grad()
@@ -287,6 +303,8 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
     per_set = {name[len("heldout-"):]: evaluate(module.autoencoder, paths["train"], path, mesh_shapes) for name, path in paths.items() if name.startswith("heldout-")}
     result["heldout"] = summary({key: [v for scores in per_set.values() for v in scores[key]] for key in next(iter(per_set.values()))})
     result.update({f"heldout-{name}": summary(scores) for name, scores in per_set.items()})
+    # The same score on training shapes: near the held-out IoU, the model underfits; far above it, it overfits.
+    result["train-sample"] = summary(evaluate(module.autoencoder, paths["train"], paths["train-sample"], 0))
     result_path.write_text(json.dumps(result, indent=2))
 
 
@@ -302,18 +320,23 @@ def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> Non
     print(f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, {jobs} model(s) at a time on {CORES} cores; "
           f"load average before/after: {load[0]} / {load[1]}")  # fmt: skip
     header = f"{'model':9} {'run':4} {'thr':>3} {'params':>9} {'latent':>14} {'steps':>6} {'budget':>6} {'min':>5} {'samples/s':>9} {'peakRSS MB':>10} "
-    header += f"{'IoU':>6} {'IoU prim':>8} {'IoU pyb':>8} {'CD-L1':>7} {'F@0.02':>7} {'meshes':>7}"
+    header += f"{'IoU':>6} {'IoU prim':>8} {'IoU pyb':>8} {'IoU trn':>7} {'CD-L1':>7} {'F@0.02':>7} {'meshes':>7}"
     print(header)
     for r in results:
         h, p, b = r["heldout"], r["heldout-primitives"], r["heldout-pybullet"]
         latent = "x".join(str(d) for d in r["latent_shape"])
         print(
             f"{r['model']:9} {'kept' if r.get('kept') else 'now':4} {r['threads']:>3} {r['params']:>9,} {latent:>14} {r['steps']:>6} {r['budget_minutes']:>6.1f} {r['train_minutes']:>5.1f} "
-            f"{r['samples_per_second']:>9.1f} {r['peak_rss_mb']:>10.0f} {h['iou']:>6.3f} {p['iou']:>8.3f} {b['iou']:>8.3f} "
+            f"{r['samples_per_second']:>9.1f} {r['peak_rss_mb']:>10.0f} {h['iou']:>6.3f} {p['iou']:>8.3f} {b['iou']:>8.3f} {r.get('train-sample', {}).get('iou', float('nan')):>7.3f} "
             f"{h['chamfer_l1']:>7.4f} {h['fscore']:>7.3f} {h['found']:>3}/{h['meshed']:<3}"
         )  # fmt: skip
     print("configs: " + ", ".join(f"{r['model']} {r['config']} ({r.get('precision', '32-true')})" for r in results))
-    print("IoU: sign agreement on the uniform half of each held-out shape's queries; CD-L1 / F@0.02: 64^3 decode_mesh "
+    for r in results:
+        if r["train_minutes"] < UNDERUSED * r["budget_minutes"]:
+            print(f"warning: {r['model']} trained {r['train_minutes']:.1f} of its {r['budget_minutes']:.1f} minutes: its timing run "
+                  f"measured {r['seconds_per_step_timed']:.3f} s/step, slower than the run itself (was the machine busy then?)")  # fmt: skip
+    print("IoU: sign agreement on the uniform half of each held-out shape's queries; IoU trn: the same on as many "
+          "training shapes (the first shards of each set); CD-L1 / F@0.02: 64^3 decode_mesh "
           "meshes (2,048 points) vs the shape's surface points, over the meshes with a surface (meshes = found/tried); "
           "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process; thr: torch threads; "
           "min: minutes of training (the budget caps it)")  # fmt: skip
@@ -342,17 +365,10 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; choose from {MODELS}")
     configs = {model: model_config(model) for model in MODELS}
-    for item in args.config:
-        model, _, path = item.partition("=")
-        if model not in MODELS or not Path(path).is_file():
-            raise SystemExit(f"--config {item}: expected MODEL=YAML with MODEL in {MODELS} and an existing file")
+    for model, path in per_model("--config", args.config, "YAML", lambda path: Path(path).is_file(), "an existing file"):
         configs[model] = Path(path).resolve()
     precisions = {model: "32-true" for model in MODELS}
-    for item in args.precision:
-        model, _, precision = item.partition("=")
-        if model not in MODELS or precision not in PRECISIONS:
-            raise SystemExit(f"--precision {item}: expected MODEL=PRECISION with MODEL in {MODELS} and PRECISION in {PRECISIONS}")
-        precisions[model] = precision
+    precisions.update(per_model("--precision", args.precision, "PRECISION", PRECISIONS.__contains__, f"one of {PRECISIONS}"))
     if args.minutes > 20:
         raise SystemExit("--minutes is at most 20")
     minutes = 0.5 if args.quick else args.minutes
