@@ -171,6 +171,13 @@ def test_patched_models_read_their_features_at_patch_resolution(batch):
     assert unpatched.decode(latent, torch.zeros(B, 5, 3)).shape == (B, 5)
     with pytest.raises(ValueError, match="patch_size > 1"):
         TriplaneVAE(resolution=32, channels=(16, 32), unpatch_features=True)
+    one_level = TriplaneVAE(
+        resolution=32, channels=(16,), blocks_per_level=2, latent_channels=8, feature_channels=16, head_hidden=32,
+        head_layers=1, patch_size=2, unpatch_features=True,
+    ).eval()  # fmt: skip
+    latent = one_level.encode(one_level.inputs_from_batch(batch)).mode()
+    assert latent.shape == (B, 3, 8, 16, 16)  # no downsampling: the latent stays at R / p
+    assert one_level.decoder_features(latent).shape == (B, 3, 16, 32, 32)
 
 
 def test_point_pooling_averages_point_embeddings_into_their_nearest_plane_cells():
@@ -360,8 +367,12 @@ def test_eikonal_is_zero_for_a_true_sdf():
         lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, use_normals=False),
         lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, aggregate="concat"),
         lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, patch_size=2, unpatch_features=True),
+        lambda: TriplaneVAE(
+            resolution=32, channels=(8,), blocks_per_level=2, latent_channels=4, feature_channels=8, patch_size=2,
+            unpatch_features=True, aggregate="concat", point_channels=4,
+        ),
     ],
-    ids=["vecset-no-normals", "triplane-concat", "triplane-unpatched"],
+    ids=["vecset-no-normals", "triplane-concat", "triplane-unpatched", "triplane-one-level"],
 )
 def test_variants_keep_the_contract(build, batch):
     model = build()
