@@ -216,7 +216,7 @@ def per_model(flag: str, items: list[str], name: str, valid, expected: str) -> l
 
 @torch.no_grad()
 def evaluate(autoencoder, train: Path, heldout: Path, mesh_shapes: int | None) -> dict[str, list[float]]:
-    """Per held-out shape: IoU; Chamfer-L1 / F-score of its 64^3 mesh for the first `mesh_shapes` (all if None)."""
+    """Per shape of `heldout` (any shard-set index): IoU; Chamfer-L1 / F-score of its 64^3 mesh for the first `mesh_shapes` (all if None)."""
     from native3d.data.datamodule import ShardDataModule
     from native3d.metrics import volume_iou
     from native3d.training.autoencoder import mesh_scores
@@ -225,7 +225,7 @@ def evaluate(autoencoder, train: Path, heldout: Path, mesh_shapes: int | None) -
     autoencoder.eval()
     scores = {"iou": [], "chamfer_l1": [], "fscore": [], "no_surface": []}
     datamodule = ShardDataModule(str(train), val=str(heldout), batch_size=BATCH_SIZE, num_workers=0)
-    for batch in datamodule.val_dataloader():  # every held-out shape once, with all its queries
+    for batch in datamodule.val_dataloader():  # every shape of `heldout` once, with all its queries
         latent = autoencoder.encode(autoencoder.inputs_from_batch(batch)).mode()
         uniform = batch["query"][:, : batch["query"].shape[1] // 2]  # (B, Q/2, 4), uniform in the cube
         pred = autoencoder.decode(latent, uniform[..., :3])
@@ -368,7 +368,7 @@ def main() -> None:
     for model, path in per_model("--config", args.config, "YAML", lambda path: Path(path).is_file(), "an existing file"):
         configs[model] = Path(path).resolve()
     precisions = {model: "32-true" for model in MODELS}
-    precisions.update(per_model("--precision", args.precision, "PRECISION", PRECISIONS.__contains__, f"one of {PRECISIONS}"))
+    precisions.update(per_model("--precision", args.precision, "PRECISION", lambda precision: precision in PRECISIONS, f"one of {PRECISIONS}"))
     if args.minutes > 20:
         raise SystemExit("--minutes is at most 20")
     minutes = 0.5 if args.quick else args.minutes
