@@ -365,6 +365,7 @@ def test_eikonal_is_zero_for_a_true_sdf():
     "build",
     [
         lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, use_normals=False),
+        lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=1, depth=1, head_mlp_ratio=1),
         lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, aggregate="concat"),
         lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, patch_size=2, unpatch_features=True),
         lambda: TriplaneVAE(
@@ -372,7 +373,7 @@ def test_eikonal_is_zero_for_a_true_sdf():
             unpatch_features=True, aggregate="concat", point_channels=4,
         ),
     ],
-    ids=["vecset-no-normals", "triplane-concat", "triplane-unpatched", "triplane-one-level"],
+    ids=["vecset-no-normals", "vecset-one-head-small-head-mlp", "triplane-concat", "triplane-unpatched", "triplane-one-level"],
 )
 def test_variants_keep_the_contract(build, batch):
     model = build()

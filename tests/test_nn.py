@@ -69,6 +69,17 @@ def test_transformer_block_shapes_and_gradients(context_dim):
     assert all(p.grad is not None for p in block.parameters())
 
 
+def test_block_without_feed_forward_is_attention_plus_residual():
+    torch.manual_seed(0)
+    block = TransformerBlock(32, 4, context_dim=16, self_attention=False, mlp_ratio=0)
+    assert block.mlp is None and block.norm_mlp is None
+    x, context = torch.randn(2, 5, 32), torch.randn(2, 7, 16)
+    expected = x + block.cross_attn(block.norm_cross(x), block.norm_context(context))
+    torch.testing.assert_close(block(x, context), expected)
+    full = TransformerBlock(32, 4, context_dim=16, self_attention=False)
+    assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in block.parameters())
+
+
 def test_cross_only_block_ignores_token_order_of_context():
     torch.manual_seed(0)
     block = TransformerBlock(32, 4, context_dim=16, self_attention=False)

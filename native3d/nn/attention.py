@@ -90,10 +90,11 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + SelfAttn(LN x) [+ CrossAttn(LN x, LN context)] + Mlp(LN x).
+    """Pre-norm block: x + SelfAttn(LN x) [+ CrossAttn(LN x, LN context)] [+ Mlp(LN x)].
 
     With `self_attention=False` the block is a pure cross-attention block (a Perceiver-style
-    read-out), which is what the 3DShape2VecSet encoder and query decoder use.
+    read-out), which is what the 3DShape2VecSet encoder and query decoder use. `mlp_ratio=0`
+    leaves out the feed-forward sub-layer, as 3DShape2VecSet's query decoder does.
     """
 
     def __init__(
@@ -115,8 +116,8 @@ class TransformerBlock(nn.Module):
         self.cross_attn = (
             Attention(dim, heads, context_dim=context_dim, qk_norm=qk_norm) if context_dim is not None else None
         )
-        self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm_mlp = nn.LayerNorm(dim) if mlp_ratio > 0 else None
+        self.mlp = Mlp(dim, int(dim * mlp_ratio)) if mlp_ratio > 0 else None
 
     def forward(
         self,
@@ -132,4 +133,4 @@ class TransformerBlock(nn.Module):
             if context is None:
                 raise ValueError("this TransformerBlock has cross-attention; pass `context`")
             x = x + self.cross_attn(self.norm_cross(x), self.norm_context(context), mask=context_mask)
-        return x + self.mlp(self.norm_mlp(x))
+        return x if self.mlp is None else x + self.mlp(self.norm_mlp(x))
