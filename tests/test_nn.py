@@ -78,6 +78,8 @@ def test_block_without_feed_forward_is_attention_plus_residual():
     torch.testing.assert_close(block(x, context), expected)
     full = TransformerBlock(32, 4, context_dim=16, self_attention=False)
     assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in block.parameters())
+    with pytest.raises(ValueError, match="mlp_ratio"):
+        TransformerBlock(32, 4, mlp_ratio=-1)
 
 
 def test_cross_only_block_ignores_token_order_of_context():

@@ -109,6 +109,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         if not self_attention and context_dim is None:
             raise ValueError("a block without self-attention needs a context_dim")
+        if mlp_ratio < 0:
+            raise ValueError(f"mlp_ratio must be >= 0 (0: no feed-forward sub-layer), got {mlp_ratio}")
         self.norm_self = nn.LayerNorm(dim) if self_attention else None
         self.attn = Attention(dim, heads, qk_norm=qk_norm) if self_attention else None
         self.norm_cross = nn.LayerNorm(dim) if context_dim is not None else None
