@@ -382,6 +382,18 @@ def test_variants_keep_the_contract(build, batch):
     assert posterior.mean.shape == (B, *model.latent_shape)
 
 
+def test_vecset_qk_norm_reaches_every_attention_layer(batch):
+    from native3d.nn.attention import Attention
+
+    model = VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, qk_norm=True)
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    assert len(layers) == 3  # encoder cross-attention, one self-attention block, the query head
+    assert all(isinstance(m.q_norm, torch.nn.LayerNorm) and isinstance(m.k_norm, torch.nn.LayerNorm) for m in layers)
+    plain = VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1)
+    assert not any(isinstance(m.q_norm, torch.nn.LayerNorm) for m in plain.modules() if isinstance(m, Attention))
+    assert run(model, batch)[0].isfinite().all()
+
+
 def test_wrong_input_resolution_fails_loudly(batch):
     with pytest.raises(ValueError):
         grid_tiny().encode(torch.zeros(1, 1, 16, 16, 16))

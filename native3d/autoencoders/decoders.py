@@ -94,13 +94,13 @@ class QueryCrossAttentionHead(nn.Module):
     """Fourier-embedded query points cross-attend to latent tokens, then a linear layer -> sdf.
 
     The block runs once per query point, so its feed-forward sub-layer (`mlp_ratio` x width
-    hidden units) is a large share of a step; `mlp_ratio=0` leaves it out.
+    hidden units) is a large share of a step; `mlp_ratio=0` leaves it out. `qk_norm` as in `Attention`.
     """
 
-    def __init__(self, width: int, heads: int, num_frequencies: int = 8, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, width: int, heads: int, num_frequencies: int = 8, mlp_ratio: float = 4.0, qk_norm: bool = False) -> None:
         super().__init__()
         self.point_embed = FourierPointEmbedding(width, num_frequencies)
-        self.cross = TransformerBlock(width, heads, context_dim=width, self_attention=False, mlp_ratio=mlp_ratio)
+        self.cross = TransformerBlock(width, heads, context_dim=width, self_attention=False, mlp_ratio=mlp_ratio, qk_norm=qk_norm)
         self.norm = nn.LayerNorm(width)
         self.out = sdf_output_layer(width)
 

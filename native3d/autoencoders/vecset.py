@@ -53,7 +53,8 @@ class VecSetVAE(LatentAutoencoder):
 
     `head_mlp_ratio` sizes the query head's feed-forward layer, which runs once per query point
     (a quarter of a training step of `vecset_cpu.yaml`); 0 leaves it out, as 3DShape2VecSet's
-    decoder does.
+    decoder does. `qk_norm` LayerNorms queries and keys in every attention layer: the encoder's,
+    the self-attention blocks' and the query head's.
     """
 
     latent_channel_dim = -1
@@ -82,7 +83,7 @@ class VecSetVAE(LatentAutoencoder):
         self.to_moments = nn.Linear(width, 2 * latent_channels)
         self.from_latent = nn.Linear(latent_channels, width)
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(depth))
-        self.head = QueryCrossAttentionHead(width, heads, num_frequencies, mlp_ratio=head_mlp_ratio)
+        self.head = QueryCrossAttentionHead(width, heads, num_frequencies, mlp_ratio=head_mlp_ratio, qk_norm=qk_norm)
 
     @property
     def latent_shape(self) -> tuple[int, int]:
