@@ -118,8 +118,9 @@ class TransformerBlock(nn.Module):
         self.cross_attn = (
             Attention(dim, heads, context_dim=context_dim, qk_norm=qk_norm) if context_dim is not None else None
         )
-        self.norm_mlp = nn.LayerNorm(dim) if mlp_ratio > 0 else None
-        self.mlp = Mlp(dim, int(dim * mlp_ratio)) if mlp_ratio > 0 else None
+        has_mlp = mlp_ratio > 0
+        self.norm_mlp = nn.LayerNorm(dim) if has_mlp else None
+        self.mlp = Mlp(dim, int(dim * mlp_ratio)) if has_mlp else None
 
     def forward(
         self,
