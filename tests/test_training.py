@@ -70,3 +70,15 @@ def test_a_non_finite_loss_names_the_batch_objects():
 def test_encode_names_a_missing_checkpoint(primitive_shards, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         encode_shard_set(str(tmp_path / "missing.ckpt"), str(primitive_shards), str(tmp_path / "out"))
+
+
+def test_fit_with_muon_lowers_the_loss_checkpoints_both_halves_and_resumes(primitive_shards, tmp_path):
+    muon = ["--model.init_args.optimizer", "muon"]
+    ckpt = fit("vecset_tiny.yaml", primitive_shards, tmp_path / "run", steps=40, extra=muon)
+    losses = train_losses(tmp_path / "run")
+    assert np.mean(losses[-2:]) < np.mean(losses[:2])
+    (saved,) = torch.load(ckpt, map_location="cpu", weights_only=False)["optimizer_states"]
+    assert saved["muon"]["state"] and saved["adamw"]["state"], "the moments of both halves are saved"
+
+    resumed = fit("vecset_tiny.yaml", primitive_shards, tmp_path / "resumed", steps=44, extra=[*muon, "--ckpt_path", str(ckpt)])
+    assert torch.load(resumed, map_location="cpu", weights_only=False)["global_step"] == 44

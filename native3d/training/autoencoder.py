@@ -5,13 +5,13 @@ validation: loss and volume IoU on the uniform queries (sign agreement); every
 `mesh_every_n_val` validations also Chamfer-L1 and F-score@0.02 of marching-cubes meshes of a
 few validation shapes against their surface points, with a PNG of them. Before every checkpoint the
 latent statistics (per-channel mean and std over training batches) are refreshed, so a checkpoint
-always carries the numbers its diffusion models normalize with.
+always carries the numbers its diffusion models normalize with. `optimizer` picks AdamW or
+Muon + AdamW (`native3d.training.optim`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +23,7 @@ from native3d.autoencoders.bottleneck import LatentAutoencoder
 from native3d.autoencoders.loss import autoencoder_loss
 from native3d.metrics import chamfer_distance, f_score, volume_iou
 from native3d.training.checks import check_finite
+from native3d.training.optim import OptimizerName, build_optimizer, warmup_cosine
 from native3d.training.previews import decode_previews
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class AutoencoderModule(L.LightningModule):
         autoencoder: LatentAutoencoder,
         lr: float = 1e-4,
         weight_decay: float = 0.01,
+        optimizer: OptimizerName = "adamw",
         warmup_steps: int = 100,
         kl_weight: float = 1e-3,
         loss: str = "l1",
@@ -119,23 +121,10 @@ class AutoencoderModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay = [p for p in self.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.99))
+        optimizer = build_optimizer(self.autoencoder, hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay)
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-def warmup_cosine(step: int, warmup: int, total: int | None) -> float:
-    """Linear warm-up, then cosine decay to 10% over the run (constant if its length is unknown)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if total is None or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def mesh_scores(meshes: list[np.ndarray | None], surface: Tensor, count: int = 2048) -> dict[str, float]:

@@ -26,8 +26,8 @@ from native3d.autoencoders.bottleneck import LatentAutoencoder, autoencoder_from
 from native3d.conditioning.condition import ImageConditioner, TextConditioner
 from native3d.diffusion import DDPM, RectifiedFlow, cfg_model, drop_condition, sample_dpm_solver, sample_euler
 from native3d.nn.modulation import Cond
-from native3d.training.autoencoder import warmup_cosine
 from native3d.training.checks import check_finite
+from native3d.training.optim import warmup_cosine
 from native3d.training.previews import decode_previews
 
 log = logging.getLogger(__name__)

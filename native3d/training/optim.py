@@ -1,0 +1,100 @@
+"""Optimizers and the learning-rate schedule shared by the LightningModules.
+
+- AdamW (Loshchilov & Hutter 2019) with weight decay on weight matrices only.
+- Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers"; `torch.optim.Muon`): momentum
+  orthogonalised by Newton-Schulz iterations, for the hidden weight matrices, with AdamW for
+  everything else (input embeddings, scalar read-outs, convolutions, biases and norms), as Muon is
+  meant to be used. Its updates are scaled to AdamW's RMS ("match_rms_adamw", Liu et al. 2025,
+  "Muon is Scalable for LLM Training"), so one learning rate and schedule serve both halves.
+- `warmup_cosine`: linear warm-up, then cosine decay to 10%.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import ChainMap
+from typing import Literal
+
+import torch
+from torch import nn
+
+from native3d.nn.embeddings import FourierPointEmbedding, TimestepEmbedding
+
+OptimizerName = Literal["adamw", "muon"]
+BETAS = (0.9, 0.99)
+# Layers that read raw inputs: Muon is for hidden layers, so these stay on AdamW.
+EMBEDDINGS = (FourierPointEmbedding, TimestepEmbedding, nn.Embedding)
+
+
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """Weights of the `nn.Linear` layers between input embeddings and scalar read-outs."""
+    in_embeddings = {id(p) for m in model.modules() if isinstance(m, EMBEDDINGS) for p in m.parameters()}
+    return [
+        m.weight
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and m.out_features > 1 and m.weight.requires_grad and id(m.weight) not in in_embeddings
+    ]
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """`torch.optim.Muon` on `muon_params` and `torch.optim.AdamW` on `adamw_groups`, as one optimizer.
+
+    Lightning's automatic optimization steps a single optimizer. This one shares its inner
+    optimizers' parameter-group dicts, so an LR scheduler, gradient clipping and `zero_grad` reach
+    every parameter; its state dict holds both inner ones.
+    """
+
+    def __init__(self, muon_params: list[nn.Parameter], adamw_groups: list[dict], lr: float, weight_decay: float) -> None:
+        self.muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+        adamw_groups = [g for g in adamw_groups if g["params"]]
+        self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=BETAS) if adamw_groups else None
+        self.inner = [self.muon] + ([self.adamw] if self.adamw else [])
+        super().__init__([g for inner in self.inner for g in inner.param_groups], defaults={})
+        self.state = ChainMap(*(inner.state for inner in self.inner))  # a view, for code that walks `state`
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for inner in self.inner:
+            inner.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict() if self.adamw else None}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        if self.adamw:
+            self.adamw.load_state_dict(state_dict["adamw"])
+
+
+def build_optimizer(model: nn.Module, name: OptimizerName, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, or Muon + AdamW, over `model`'s trainable parameters; no weight decay on vectors."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    no_decay = [p for p in params if p.ndim < 2]
+    if name == "adamw":
+        decay = [p for p in params if p.ndim >= 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=BETAS)
+    if name == "muon":
+        hidden = hidden_matrices(model)
+        if not hidden:
+            raise ValueError(f"{type(model).__name__} has no hidden nn.Linear weight matrices for Muon; use 'adamw'")
+        in_hidden = {id(p) for p in hidden}
+        decay = [p for p in params if p.ndim >= 2 and id(p) not in in_hidden]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return MuonAdamW(hidden, groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; expected 'adamw' or 'muon'")
+
+
+def warmup_cosine(step: int, warmup: int, total: int | None) -> float:
+    """Linear warm-up, then cosine decay to 10% over the run (constant if its length is unknown)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if total is None or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))

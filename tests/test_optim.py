@@ -1,0 +1,100 @@
+"""The shared optimizers: which parameters Muon takes, one state for both halves, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from native3d.autoencoders.vecset import vecset_tiny
+from native3d.training.optim import MuonAdamW, build_optimizer, hidden_matrices, warmup_cosine
+
+
+def names_of(model: nn.Module, params) -> set[str]:
+    ids = {id(p) for p in params}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the posterior sample and the farthest-point start draw from it
+    for _ in range(steps):
+        surface = torch.randn(2, 64, 6, generator=generator)
+        points = torch.rand(2, 32, 3, generator=generator) * 2 - 1
+        sdf, _ = model(surface, points)
+        optimizer.zero_grad()
+        (sdf - points.norm(dim=-1) + 0.5).square().mean().backward()
+        optimizer.step()
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    model = vecset_tiny()
+    hidden = names_of(model, hidden_matrices(model))
+    assert {"point_embed.proj.weight", "head.point_embed.proj.weight", "head.out.weight"}.isdisjoint(hidden)
+    assert {"encoder.cross_attn.to_q.weight", "blocks.0.mlp.fc1.weight", "to_moments.weight", "head.cross.mlp.fc2.weight"} <= hidden
+    assert all(p.ndim == 2 for p in hidden_matrices(model))
+
+    optimizer = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.05)
+    assert isinstance(optimizer, MuonAdamW)
+    assert names_of(model, optimizer.muon.param_groups[0]["params"]) == hidden
+    grouped = [name for group in optimizer.param_groups for name in names_of(model, group["params"])]
+    assert sorted(grouped) == sorted(name for name, _ in model.named_parameters()), "every parameter once"
+    for group in optimizer.adamw.param_groups:
+        assert group["weight_decay"] == (0.05 if all(p.ndim >= 2 for p in group["params"]) else 0.0)
+
+
+def test_a_scheduler_sets_the_learning_rate_of_both_halves():
+    model = vecset_tiny()
+    optimizer = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, 4, 20))
+    train_steps(model, optimizer, 2, seed=0)
+    schedule.step()
+    schedule.step()
+    for inner in (optimizer.muon, optimizer.adamw):
+        assert [group["lr"] for group in inner.param_groups] == pytest.approx([1e-3 * 3 / 4] * len(inner.param_groups))
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_resuming_from_the_state_dict_continues_exactly(name):
+    torch.manual_seed(0)
+    model = vecset_tiny()
+    optimizer = build_optimizer(model, name, lr=1e-3, weight_decay=0.01)
+    train_steps(model, optimizer, 3, seed=0)
+    saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    train_steps(model, optimizer, 2, seed=1)
+
+    resumed = vecset_tiny()
+    resumed.load_state_dict(saved_model)
+    resumed_optimizer = build_optimizer(resumed, name, lr=1e-3, weight_decay=0.01)
+    resumed_optimizer.load_state_dict(saved_optimizer)
+    train_steps(resumed, resumed_optimizer, 2, seed=1)
+    for (key, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=key)
+
+
+def test_muon_steps_are_orthogonalised_and_scaled_to_adamw():
+    x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), torch.randn(64, 16)
+    steps = {}
+    for name in ("adamw", "muon"):
+        layer = nn.Linear(16, 16, bias=False)
+        before = layer.weight.detach().clone()
+        optimizer = build_optimizer(layer, name, lr=1e-3, weight_decay=0.0)
+        (layer(x) - y).square().mean().backward()
+        optimizer.step()
+        steps[name] = torch.linalg.svdvals(layer.weight.detach() - before)
+    # Newton-Schulz leaves every singular value of a full-rank update within about [0.7, 1.2] of
+    # one another; Adam's first, sign-like step is far from orthogonal.
+    assert steps["muon"].max() / steps["muon"].min() < 2.0
+    assert steps["adamw"].max() / steps["adamw"].min() > 4.0
+    rms = steps["muon"].square().sum().sqrt().item() / 16  # Frobenius norm / sqrt(16 * 16)
+    assert math.isclose(rms, 0.2 * 1e-3, rel_tol=0.3), "the update's RMS matches AdamW's (0.2 lr)"
+
+
+def test_bad_optimizer_requests_fail_clearly():
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        build_optimizer(vecset_tiny(), "sgd", lr=1e-3, weight_decay=0.0)
+    with pytest.raises(ValueError, match="Conv3d has no hidden"):
+        build_optimizer(nn.Conv3d(2, 2, 3), "muon", lr=1e-3, weight_decay=0.0)
