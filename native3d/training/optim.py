@@ -27,7 +27,7 @@ EMBEDDINGS = (FourierPointEmbedding, TimestepEmbedding, nn.Embedding)
 
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
-    """Weights of the `nn.Linear` layers between input embeddings and scalar read-outs."""
+    """Every `nn.Linear` weight except those of input embeddings and of single-output read-outs."""
     in_embeddings = {id(p) for m in model.modules() if isinstance(m, EMBEDDINGS) for p in m.parameters()}
     return [
         m.weight
