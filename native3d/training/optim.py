@@ -73,21 +73,20 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def build_optimizer(model: nn.Module, name: OptimizerName, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW, or Muon + AdamW, over `model`'s trainable parameters; no weight decay on vectors."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    no_decay = [p for p in params if p.ndim < 2]
+    if name not in ("adamw", "muon"):
+        raise ValueError(f"unknown optimizer {name!r}; expected 'adamw' or 'muon'")
+    hidden = hidden_matrices(model) if name == "muon" else []
+    if name == "muon" and not hidden:
+        raise ValueError(f"{type(model).__name__} has no hidden nn.Linear weight matrices for Muon; use 'adamw'")
+    in_hidden = {id(p) for p in hidden}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_hidden]
+    groups = [
+        {"params": [p for p in rest if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0},
+    ]
     if name == "adamw":
-        decay = [p for p in params if p.ndim >= 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=BETAS)
-    if name == "muon":
-        hidden = hidden_matrices(model)
-        if not hidden:
-            raise ValueError(f"{type(model).__name__} has no hidden nn.Linear weight matrices for Muon; use 'adamw'")
-        in_hidden = {id(p) for p in hidden}
-        decay = [p for p in params if p.ndim >= 2 and id(p) not in in_hidden]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return MuonAdamW(hidden, groups, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; expected 'adamw' or 'muon'")
+    return MuonAdamW(hidden, groups, lr=lr, weight_decay=weight_decay)
 
 
 def warmup_cosine(step: int, warmup: int, total: int | None) -> float:
