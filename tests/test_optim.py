@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
 
 import pytest
@@ -75,6 +76,27 @@ def test_resuming_from_the_state_dict_continues_exactly(name):
         torch.testing.assert_close(a, b, msg=key)
 
 
+
+def test_the_joint_state_is_live_and_reading_it_leaves_both_halves_intact():
+    model = vecset_tiny()
+    optimizer = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.01)
+    train_steps(model, optimizer, 1, seed=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert len(optimizer.state) == len(params)
+    assert all({"momentum_buffer", "exp_avg"} & set(optimizer.state[p]) for p in params)
+    # Lightning's device move on resume walks `state.items()`; the lookups must not add entries to
+    # either half (a Muon state holding an AdamW parameter cannot be saved).
+    dict(optimizer.state.items())
+    for inner in (optimizer.muon, optimizer.adamw):
+        assert set(inner.state) <= {p for group in inner.param_groups for p in group["params"]}
+    saved = copy.deepcopy(optimizer.state_dict())
+
+    resumed = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.01)
+    resumed.load_state_dict(saved)  # replaces the inner state dicts: the view follows them
+    assert len(resumed.state) == len(params)
+    with pytest.raises(KeyError):
+        resumed.state[torch.zeros(1)]
+
 def test_muon_steps_are_orthogonalised_and_scaled_to_adamw():
     x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), torch.randn(64, 16)
     steps = {}
@@ -98,3 +120,36 @@ def test_bad_optimizer_requests_fail_clearly():
         build_optimizer(vecset_tiny(), "sgd", lr=1e-3, weight_decay=0.0)
     with pytest.raises(ValueError, match="Conv3d has no hidden"):
         build_optimizer(nn.Conv3d(2, 2, 3), "muon", lr=1e-3, weight_decay=0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_muon_trains_under_bf16_autocast_on_cuda_and_resumes_there():
+    torch.manual_seed(0)
+    model = vecset_tiny().cuda()
+    optimizer = build_optimizer(model, "muon", lr=3e-3, weight_decay=0.01)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    surface = torch.randn(4, 64, 6, device="cuda", generator=generator)
+    points = torch.rand(4, 256, 3, device="cuda", generator=generator) * 2 - 1
+    target = points.norm(dim=-1) - 0.5
+    losses = []
+    for _ in range(40):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            sdf, _ = model(surface, points)
+        loss = (sdf.float() - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.5 * losses[0]
+    moments = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim]
+    assert moments and all(v.is_cuda and v.dtype == torch.float32 for v in moments)
+
+    # A checkpoint is read on the CPU and its optimizer state loaded into one on the GPU.
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = build_optimizer(model, "muon", lr=3e-3, weight_decay=0.01)
+    resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
+    assert all(v.is_cuda for state in resumed.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim)
+    resumed.step()  # the loaded moments and the CUDA gradients meet without a device error

@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import math
-from collections import ChainMap
+from collections.abc import Iterator, Mapping
+from itertools import chain
 from typing import Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from native3d.nn.embeddings import FourierPointEmbedding, TimestepEmbedding
 
@@ -36,6 +37,30 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     ]
 
 
+class JointState(Mapping):
+    """A read-only view of several optimizers' `state`, looked up live.
+
+    Live, because `load_state_dict` replaces an optimizer's state dict; read-only and checked with
+    `in`, because the states are defaultdicts and a plain lookup of another optimizer's parameter
+    would insert an empty entry that breaks that optimizer's `state_dict()`.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    def __getitem__(self, param: Tensor) -> dict:
+        for optimizer in self.optimizers:
+            if param in optimizer.state:
+                return optimizer.state[param]
+        raise KeyError(param)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return chain.from_iterable(optimizer.state for optimizer in self.optimizers)
+
+    def __len__(self) -> int:
+        return sum(len(optimizer.state) for optimizer in self.optimizers)
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """`torch.optim.Muon` on `muon_params` and `torch.optim.AdamW` on `adamw_groups`, as one optimizer.
 
@@ -50,7 +75,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=BETAS) if adamw_groups else None
         self.inner = [self.muon] + ([self.adamw] if self.adamw else [])
         super().__init__([g for inner in self.inner for g in inner.param_groups], defaults={})
-        self.state = ChainMap(*(inner.state for inner in self.inner))  # a view, for code that walks `state`
+        self.state = JointState(self.inner)  # for code that walks `state`, such as Lightning's device moves
 
     @torch.no_grad()
     def step(self, closure=None):
