@@ -10,7 +10,6 @@ from pathlib import Path
 # process, e.g. the two-node test's, would otherwise make every small op wait on a busy core).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pybullet_data  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -30,6 +29,9 @@ REAL_MESHES = (
 
 
 def pybullet_mesh(relative: str) -> Path:
+    # Imported here, not at the top, so tests that need no meshes run where pybullet is not installed.
+    import pybullet_data
+
     return Path(pybullet_data.getDataPath()) / relative
 
 
