@@ -11,7 +11,9 @@ gives `native3d fit` (configs/autoencoder/<model>_cpu.yaml + configs/trainer/cpu
 timing run measures seconds per step; the main run gets max_steps = budget / (s/step), so the
 cosine schedule ends with the budget, and `max_time` = the budget as a hard stop. `--jobs N`
 trains N models at a time, each with cores / N torch threads (on 2 cores, `--jobs 2` gives each
-model one core and halves the wall time of the run).
+model one core and halves the wall time of the run). `--processes vecset=2` trains a model as two
+DDP ranks on this machine (gloo on loopback, as a multi-GPU run is laid out: each rank reads its own
+shards with a batch of 8, so a step sees 16 shapes), sharing the model's cores between them.
 
 Evaluation on the held-out shapes (posterior mode, as validation does):
   - volume IoU: sign agreement on the shard's uniform queries (the first half of `query.npy`),
@@ -24,10 +26,11 @@ Evaluation on the held-out shapes (posterior mode, as validation does):
   - as a reference without a model, the IoU of the input `sdf.npy` itself read trilinearly at the
     same queries: the ceiling that the grid resolution sets.
 Throughput is training samples per second over the main run's training batches; peak memory is
-the training process's peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`).
+the training process's peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`; a DDP
+model's ranks' peaks added).
 
     .venv/bin/python benchmarks/autoencoders.py [--models vecset,grid,triplane] [--minutes 10] [--jobs 1] [--keep] [--quick]
-        [--config MODEL=YAML] [--precision MODEL=PRECISION]
+        [--config MODEL=YAML] [--precision MODEL=PRECISION] [--processes MODEL=N]
 
 `--quick` checks the script on tiny data (48 + 48 shapes) with half a minute per model. `--keep`
 reports, next to the models trained now, the results already in `--out` for the others (marked
@@ -47,6 +50,7 @@ import json
 import multiprocessing
 import os
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -166,8 +170,11 @@ class BatchTimer:
         return statistics.median(b - a for a, b in zip(self.starts[skipped:], self.starts[skipped + 1 :]))
 
 
-def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float | None, quick: bool, precision: str):
-    """Trains the model of `config` through LightningCLI (as `native3d fit` does); returns (module, datamodule, timer)."""
+def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float | None, quick: bool, precision: str, world: int):
+    """Trains the model of `config` through LightningCLI (as `native3d fit` does); returns (module, datamodule, timer).
+
+    With `world` > 1 this process is one DDP rank of `world` (its environment names the rank).
+    """
     from lightning.pytorch.cli import LightningCLI
     import lightning as L
 
@@ -183,6 +190,8 @@ def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float
     ]  # fmt: skip
     if max_seconds is not None:
         argv += ["--trainer.max_time", dd_hh_mm_ss(max_seconds)]
+    if world > 1:
+        argv += ["--trainer.devices", str(world), "--trainer.strategy", "ddp"]
     cli = LightningCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         save_config_kwargs={"overwrite": True}, run=False, args=argv,
@@ -193,10 +202,23 @@ def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float
     return cli.model, cli.datamodule, timer
 
 
+def all_reduce(value: float, op) -> float:
+    """`value` reduced over the DDP ranks (the process group that Lightning set up stays until exit)."""
+    tensor = torch.tensor(value, dtype=torch.float64)
+    torch.distributed.all_reduce(tensor, op)
+    return tensor.item()
+
+
 def dd_hh_mm_ss(seconds: float) -> str:
     minutes, s = divmod(round(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours // 24:02d}:{hours % 24:02d}:{m:02d}:{s:02d}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def model_config(model: str) -> Path:
@@ -240,6 +262,9 @@ def evaluate(autoencoder, train: Path, heldout: Path, mesh_shapes: int | None) -
                 scores["fscore"].append(float(mesh["fscore_0.02"]))
             else:
                 scores["no_surface"].append(batch["id"][i])
+    expected = load_index(heldout).num_samples
+    if len(scores["iou"]) != expected:
+        raise RuntimeError(f"{heldout}: scored {len(scores['iou'])} of its {expected} shapes")
     return scores
 
 
@@ -270,20 +295,34 @@ def summary(scores: dict[str, list]) -> dict:
             "chamfer_l1": mean(scores["chamfer_l1"]), "fscore": mean(scores["fscore"])}  # fmt: skip
 
 
-def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path, threads: int, config: Path, precision: str) -> None:
-    """One model in this process: timing run, budgeted run, evaluation; writes a JSON result."""
+def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path, threads: int, config: Path, precision: str,
+              rank: int = 0, world: int = 1, port: int = 0) -> None:  # fmt: skip
+    """One model, or one DDP rank of it: timing run, budgeted run, evaluation (rank 0); writes a JSON result."""
     torch.set_num_threads(threads)
+    if world > 1:  # ranks started here, as a cluster launcher would start them: Lightning reads these
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), NODE_RANK="0",
+                          LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")  # fmt: skip
     sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `fit`, not from this script's command line
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     timing_steps, skipped = (6, 2) if quick else (TIMING_STEPS, STEPS_SKIPPED)
-    _, _, timing = fit(config, paths, out / "timing", timing_steps, None, quick, precision)
+    _, _, timing = fit(config, paths, out / "timing", timing_steps, None, quick, precision, world)
     seconds_per_step = timing.seconds_per_step(skipped)
+    if world > 1:  # every rank plans the same steps, from the slowest rank's timing
+        seconds_per_step = all_reduce(seconds_per_step, torch.distributed.ReduceOp.MAX)
     budget = 60.0 * minutes
     steps = max(skipped + 1, int(budget / seconds_per_step))
-    module, _, timer = fit(config, paths, out / "run", steps, budget, quick, precision)
+    module, _, timer = fit(config, paths, out / "run", steps, budget, quick, precision, world)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    if world > 1:
+        peak_rss_mb = all_reduce(peak_rss_mb, torch.distributed.ReduceOp.SUM)  # the ranks' peaks, added
+        if rank > 0:
+            return
+        # Evaluation runs here alone, on every held-out shape: without the process group the shard
+        # sets are no longer split by rank. And on all the model's cores.
+        torch.distributed.destroy_process_group()
+        torch.set_num_threads(threads * world)
     done = timer.steps
     result = {
         "model": model,
@@ -295,9 +334,10 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
         "planned_steps": steps,
         "steps": done,
         "train_minutes": timer.span / 60,
-        "samples_per_second": done * BATCH_SIZE / timer.span,
+        "samples_per_second": done * BATCH_SIZE * world / timer.span,
         "peak_rss_mb": peak_rss_mb,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
+        "processes": world,
         "precision": precision,
     }
     per_set = {name[len("heldout-"):]: evaluate(module.autoencoder, paths["train"], path, mesh_shapes) for name, path in paths.items() if name.startswith("heldout-")}
@@ -312,6 +352,11 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
 # Report
 
 
+def threads_column(result: dict) -> str:
+    processes = result.get("processes", 1)
+    return f"{processes}x{result['threads']}" if processes > 1 else str(result["threads"])
+
+
 def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> None:
     train, held = load_index(paths["train"]), load_index(paths["heldout"])
     print(f"data: {train.num_samples} training shapes, {held.num_samples} held-out shapes "
@@ -319,14 +364,14 @@ def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> Non
           f"the last shards of each set); sizes {train.info['sizes']}")  # fmt: skip
     print(f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, {jobs} model(s) at a time on {CORES} cores; "
           f"load average before/after: {load[0]} / {load[1]}")  # fmt: skip
-    header = f"{'model':9} {'run':4} {'thr':>3} {'params':>9} {'latent':>14} {'steps':>6} {'budget':>6} {'min':>5} {'samples/s':>9} {'peakRSS MB':>10} "
+    header = f"{'model':9} {'run':4} {'thr':>4} {'params':>9} {'latent':>14} {'steps':>6} {'budget':>6} {'min':>5} {'samples/s':>9} {'peakRSS MB':>10} "
     header += f"{'IoU':>6} {'IoU prim':>8} {'IoU pyb':>8} {'IoU trn':>7} {'CD-L1':>7} {'F@0.02':>7} {'meshes':>7}"
     print(header)
     for r in results:
         h, p, b = r["heldout"], r["heldout-primitives"], r["heldout-pybullet"]
         latent = "x".join(str(d) for d in r["latent_shape"])
         print(
-            f"{r['model']:9} {'kept' if r.get('kept') else 'now':4} {r['threads']:>3} {r['params']:>9,} {latent:>14} {r['steps']:>6} {r['budget_minutes']:>6.1f} {r['train_minutes']:>5.1f} "
+            f"{r['model']:9} {'kept' if r.get('kept') else 'now':4} {threads_column(r):>4} {r['params']:>9,} {latent:>14} {r['steps']:>6} {r['budget_minutes']:>6.1f} {r['train_minutes']:>5.1f} "
             f"{r['samples_per_second']:>9.1f} {r['peak_rss_mb']:>10.0f} {h['iou']:>6.3f} {p['iou']:>8.3f} {b['iou']:>8.3f} {r.get('train-sample', {}).get('iou', float('nan')):>7.3f} "
             f"{h['chamfer_l1']:>7.4f} {h['fscore']:>7.3f} {h['found']:>3}/{h['meshed']:<3}"
         )  # fmt: skip
@@ -338,7 +383,8 @@ def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> Non
     print("IoU: sign agreement on the uniform half of each held-out shape's queries; IoU trn: the same on as many "
           "training shapes (the first shards of each set); CD-L1 / F@0.02: 64^3 decode_mesh "
           "meshes (2,048 points) vs the shape's surface points, over the meshes with a surface (meshes = found/tried); "
-          "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process; thr: torch threads; "
+          "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process (summed over DDP ranks); "
+          "thr: torch threads (ranks x threads for a DDP run; batch 8 per rank); "
           "min: minutes of training (the budget caps it)")  # fmt: skip
     ceiling = {k[len("heldout-"):]: input_grid_iou(paths["train"], v) for k, v in paths.items() if k.startswith("heldout-")}
     every = [v for values in ceiling.values() for v in values]
@@ -359,6 +405,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="also report the other models' results already in --out")
     parser.add_argument("--config", action="append", default=[], metavar="MODEL=YAML", help="train MODEL with this config instead of configs/autoencoder/MODEL_cpu.yaml")
     parser.add_argument("--precision", action="append", default=[], metavar="MODEL=PRECISION", help="train MODEL under this Lightning precision (default 32-true)")
+    parser.add_argument("--processes", action="append", default=[], metavar="MODEL=N", help="train MODEL as N DDP ranks (gloo), sharing its cores (default 1)")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - set(MODELS)
@@ -369,6 +416,8 @@ def main() -> None:
         configs[model] = Path(path).resolve()
     precisions = {model: "32-true" for model in MODELS}
     precisions.update(per_model("--precision", args.precision, "PRECISION", lambda precision: precision in PRECISIONS, f"one of {PRECISIONS}"))
+    processes = {model: 1 for model in MODELS}
+    processes.update((m, int(n)) for m, n in per_model("--processes", args.processes, "N", lambda n: n.isdigit() and int(n) >= 1, "a positive integer"))
     if args.minutes > 20:
         raise SystemExit("--minutes is at most 20")
     minutes = 0.5 if args.quick else args.minutes
@@ -378,16 +427,18 @@ def main() -> None:
     mesh_shapes = 4 if args.quick else (None if args.mesh_shapes < 0 else args.mesh_shapes)
     load_before = tuple(round(x, 2) for x in os.getloadavg())
     paths = build_data(data, args.quick)
-    threads = max(1, CORES // args.jobs)
-    # One process per model: a clean peak RSS and no state shared between runs; `--jobs` at a time.
+    # One process per model (per rank of a DDP model): a clean peak RSS and no state shared between runs; `--jobs` models at a time.
     running: list[tuple[str, multiprocessing.Process]] = []
     for i, model in enumerate(models):
         result_path = out / model / "result.json"
         result_path.parent.mkdir(parents=True, exist_ok=True)
-        work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads, configs[model], precisions[model])
-        running.append((model, multiprocessing.get_context("spawn").Process(target=run_model, args=work)))
-        running[-1][1].start()
-        if len(running) == args.jobs or i == len(models) - 1:
+        world, port = processes[model], free_port()
+        threads = max(1, CORES // args.jobs // world)
+        for rank in range(world):
+            work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads, configs[model], precisions[model], rank, world, port)
+            running.append((model if world == 1 else f"{model} rank {rank}", multiprocessing.get_context("spawn").Process(target=run_model, args=work)))
+            running[-1][1].start()
+        if len({name.split()[0] for name, _ in running}) == args.jobs or i == len(models) - 1:
             for name, process in running:
                 process.join()
                 if process.exitcode != 0:
