@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import resource
 import socket
@@ -352,6 +353,22 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
 # Report
 
 
+def wait_all(running: list[tuple[str, multiprocessing.Process]]) -> None:
+    """Waits for every process; the first one that fails stops the others (a DDP rank left alone would wait forever)."""
+    pending = dict(running)
+    while pending:
+        multiprocessing.connection.wait([process.sentinel for process in pending.values()])
+        for name, process in list(pending.items()):
+            if process.exitcode is None:
+                continue
+            del pending[name]
+            if process.exitcode != 0:
+                for other in pending.values():
+                    other.terminate()
+                raise SystemExit(f"{name}: training process exited with {process.exitcode}")
+            print(f"{name}: done", flush=True)
+
+
 def threads_column(result: dict) -> str:
     processes = result.get("processes", 1)
     return f"{processes}x{result['threads']}" if processes > 1 else str(result["threads"])
@@ -436,14 +453,12 @@ def main() -> None:
         threads = max(1, CORES // args.jobs // world)
         for rank in range(world):
             work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads, configs[model], precisions[model], rank, world, port)
-            running.append((model if world == 1 else f"{model} rank {rank}", multiprocessing.get_context("spawn").Process(target=run_model, args=work)))
-            running[-1][1].start()
+            # Daemonic: they end with this process, whichever way it ends.
+            process = multiprocessing.get_context("spawn").Process(target=run_model, args=work, daemon=True)
+            running.append((model if world == 1 else f"{model} rank {rank}", process))
+            process.start()
         if len({name.split()[0] for name, _ in running}) == args.jobs or i == len(models) - 1:
-            for name, process in running:
-                process.join()
-                if process.exitcode != 0:
-                    raise SystemExit(f"{name}: training process exited with {process.exitcode}")
-                print(f"{name}: done", flush=True)
+            wait_all(running)
             running = []
     results = []
     for model in MODELS:
