@@ -76,7 +76,6 @@ def test_resuming_from_the_state_dict_continues_exactly(name):
         torch.testing.assert_close(a, b, msg=key)
 
 
-
 def test_the_joint_state_is_live_and_reading_it_leaves_both_halves_intact():
     model = vecset_tiny()
     optimizer = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.01)
@@ -96,6 +95,7 @@ def test_the_joint_state_is_live_and_reading_it_leaves_both_halves_intact():
     assert len(resumed.state) == len(params)
     with pytest.raises(KeyError):
         resumed.state[torch.zeros(1)]
+
 
 def test_muon_steps_are_orthogonalised_and_scaled_to_adamw():
     x, y = torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), torch.randn(64, 16)
