@@ -445,8 +445,8 @@ def main() -> None:
     load_before = tuple(round(x, 2) for x in os.getloadavg())
     paths = build_data(data, args.quick)
     # One process per model (per rank of a DDP model): a clean peak RSS and no state shared between runs; `--jobs` models at a time.
-    running: list[tuple[str, multiprocessing.Process]] = []
-    for i, model in enumerate(models):
+    running: list[tuple[str, multiprocessing.Process]] = []  # the processes of the models started since the last wait
+    for i, model in enumerate(models, start=1):
         result_path = out / model / "result.json"
         result_path.parent.mkdir(parents=True, exist_ok=True)
         world, port = processes[model], free_port()
@@ -457,7 +457,7 @@ def main() -> None:
             process = multiprocessing.get_context("spawn").Process(target=run_model, args=work, daemon=True)
             running.append((model if world == 1 else f"{model} rank {rank}", process))
             process.start()
-        if len({name.split()[0] for name, _ in running}) == args.jobs or i == len(models) - 1:
+        if i % args.jobs == 0 or i == len(models):
             wait_all(running)
             running = []
     results = []
