@@ -24,10 +24,9 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from native3d.nn.attention import Mlp, TransformerBlock
+from native3d.geometry.triplane import PLANE_AXES
 from native3d.nn.embeddings import FourierPointEmbedding
 
-# Plane `ab` is indexed [a, b]: which point coordinates index its (first, second) axes.
-PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # xy, xz, yz as in schema.TRIPLANE_PLANES
 
 
 def sample_volume(volume: Float[Tensor, "B C R R R"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q C"]:

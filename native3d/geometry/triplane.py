@@ -13,6 +13,7 @@ import numpy as np
 
 from native3d.data.schema import TRIPLANE_PLANES
 
+PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # plane `ab` is indexed [a, b] by these point coordinates
 _REDUCED_AXIS = {"xy": 2, "xz": 1, "yz": 0}  # the axis each plane collapses; keeps [a, b] order
 
 

@@ -6,7 +6,8 @@ validation: loss and volume IoU on the uniform queries (sign agreement); every
 few validation shapes against their surface points, with a PNG of them. Before every checkpoint the
 latent statistics (per-channel mean and std over training batches) are refreshed, so a checkpoint
 always carries the numbers its diffusion models normalize with. `optimizer` picks AdamW or
-Muon + AdamW (`native3d.training.optim`).
+Muon + AdamW (`native3d.training.optim`). `augment` trains on each batch mapped by random symmetries
+of the cube (`native3d.geometry.symmetry`: exact for every field, so the labels stay right).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from native3d.autoencoders.bottleneck import LatentAutoencoder
 from native3d.autoencoders.loss import autoencoder_loss
+from native3d.geometry.symmetry import Symmetries, random_cube_symmetries, transform_shape_batch
 from native3d.metrics import chamfer_distance, f_score, volume_iou
 from native3d.training.checks import check_finite
 from native3d.training.optim import OptimizerName, build_optimizer, warmup_cosine
@@ -45,6 +47,7 @@ class AutoencoderModule(L.LightningModule):
         mesh_shapes: int = 4,
         mesh_resolution: int = 64,
         stats_batches: int = 16,
+        augment: Symmetries = "none",
     ) -> None:
         super().__init__()
         # Through LightningCLI the hyperparameters hold the autoencoder's class_path and init_args,
@@ -56,6 +59,8 @@ class AutoencoderModule(L.LightningModule):
 
     def step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         hp = self.hparams
+        if stage == "train" and hp.augment != "none":
+            batch = transform_shape_batch(batch, *random_cube_symmetries(len(batch["id"]), hp.augment))
         inputs = self.autoencoder.inputs_from_batch(batch)
         points, target = self.autoencoder.queries_from_batch(batch)
         points = points.requires_grad_(hp.eikonal_weight > 0)
