@@ -13,7 +13,9 @@ cosine schedule ends with the budget, and `max_time` = the budget as a hard stop
 trains N models at a time, each with cores / N torch threads (on 2 cores, `--jobs 2` gives each
 model one core and halves the wall time of the run). `--processes vecset=2` trains a model as two
 DDP ranks on this machine (gloo on loopback, as a multi-GPU run is laid out: each rank reads its own
-shards with a batch of 8, so a step sees 16 shapes), sharing the model's cores between them.
+shards with a batch of 8, so a step sees 16 shapes), sharing the model's cores between them. VecSet
+trains so by default (DDP_RANKS) when its share of the cores allows two ranks; the others as one
+process.
 
 Evaluation on the held-out shapes (posterior mode, as validation does):
   - volume IoU: sign agreement on the shard's uniform queries (the first half of `query.npy`),
@@ -66,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 MODELS = ("vecset", "grid", "triplane")
 GRID_RESOLUTION = 64
+DDP_RANKS = {"vecset": 2}  # default ranks per model; `--processes` overrides
 SIZES = ["--surface-points", "2048", "--grid-resolution", str(GRID_RESOLUTION), "--query-points", "4096", "--views", "0", "--view-size", "32"]
 CORES = os.cpu_count() or 1
 BATCH_SIZE = 8
@@ -422,7 +425,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="also report the other models' results already in --out")
     parser.add_argument("--config", action="append", default=[], metavar="MODEL=YAML", help="train MODEL with this config instead of configs/autoencoder/MODEL_cpu.yaml")
     parser.add_argument("--precision", action="append", default=[], metavar="MODEL=PRECISION", help="train MODEL under this Lightning precision (default 32-true)")
-    parser.add_argument("--processes", action="append", default=[], metavar="MODEL=N", help="train MODEL as N DDP ranks (gloo), sharing its cores (default 1)")
+    parser.add_argument("--processes", action="append", default=[], metavar="MODEL=N", help="train MODEL as N DDP ranks (gloo), sharing its cores (default: DDP_RANKS, at most its cores)")
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - set(MODELS)
@@ -433,7 +436,9 @@ def main() -> None:
         configs[model] = Path(path).resolve()
     precisions = {model: "32-true" for model in MODELS}
     precisions.update(per_model("--precision", args.precision, "PRECISION", lambda precision: precision in PRECISIONS, f"one of {PRECISIONS}"))
-    processes = {model: 1 for model in MODELS}
+    # VecSet trains as DDP ranks of one thread each where it has the cores: 1.2x the samples per
+    # second of one process with their threads (docs/benchmarks.md).
+    processes = {model: min(DDP_RANKS.get(model, 1), max(1, CORES // args.jobs)) for model in MODELS}
     processes.update((m, int(n)) for m, n in per_model("--processes", args.processes, "N", lambda n: n.isdigit() and int(n) >= 1, "a positive integer"))
     if args.minutes > 20:
         raise SystemExit("--minutes is at most 20")

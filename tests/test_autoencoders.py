@@ -35,7 +35,12 @@ def triplane_with_points() -> TriplaneVAE:
     )  # fmt: skip
 
 
-PRESETS = [vecset_tiny, grid_tiny, triplane_tiny, grid_patched, triplane_with_points]
+def vecset_encoder_blocks() -> VecSetVAE:
+    """The VecSet VAE with self-attention in its encoder and a latent wider than its tokens."""
+    return VecSetVAE(num_latents=16, latent_channels=48, width=32, heads=2, depth=1, encoder_depth=1)
+
+
+PRESETS = [vecset_tiny, grid_tiny, triplane_tiny, grid_patched, triplane_with_points, vecset_encoder_blocks]
 B, N, R, Q = 2, 512, 32, 256
 RADIUS, TRUNCATION = 0.5, 0.1
 

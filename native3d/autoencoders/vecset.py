@@ -54,7 +54,9 @@ class VecSetVAE(LatentAutoencoder):
     `head_mlp_ratio` sizes the query head's feed-forward layer, which runs once per query point
     (a quarter of a training step of `vecset_cpu.yaml`); 0 leaves it out, as 3DShape2VecSet's
     decoder does. `qk_norm` LayerNorms queries and keys in every attention layer: the encoder's,
-    the self-attention blocks' and the query head's.
+    the self-attention blocks' and the query head's. `encoder_depth` self-attention blocks let the
+    tokens exchange what they read before the bottleneck (Michelangelo's encoder; 3DShape2VecSet's
+    has none), at the cost of M tokens, not N points or Q queries.
     """
 
     latent_channel_dim = -1
@@ -72,6 +74,7 @@ class VecSetVAE(LatentAutoencoder):
         fps_random_start: bool = True,
         qk_norm: bool = False,
         head_mlp_ratio: float = 4.0,
+        encoder_depth: int = 0,
     ) -> None:
         super().__init__(latent_channels)
         self.num_latents = num_latents
@@ -80,6 +83,7 @@ class VecSetVAE(LatentAutoencoder):
         self.fps_random_start = fps_random_start
         self.point_embed = FourierPointEmbedding(width, num_frequencies, feature_dim=3 if use_normals else 0)
         self.encoder = TransformerBlock(width, heads, context_dim=width, self_attention=False, qk_norm=qk_norm)
+        self.encoder_blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(encoder_depth))
         self.to_moments = nn.Linear(width, 2 * latent_channels)
         self.from_latent = nn.Linear(latent_channels, width)
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(depth))
@@ -99,6 +103,8 @@ class VecSetVAE(LatentAutoencoder):
         index = farthest_point_sample(pts, self.num_latents, random_start=self.training and self.fps_random_start)
         queries = torch.gather(embedded, 1, index[..., None].expand(-1, -1, embedded.shape[-1]))  # (B, M, C)
         tokens = self.encoder(queries, context=embedded)  # (B, M, C)
+        for block in self.encoder_blocks:
+            tokens = block(tokens)
         return DiagonalGaussian.from_moments(self.to_moments(tokens), dim=-1)  # (B, M, latent)
 
     def decoder_features(self, latent: Float[Tensor, "B M Cl"]) -> Float[Tensor, "B M C"]:
