@@ -23,10 +23,9 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from native3d.nn.attention import Mlp, TransformerBlock
 from native3d.geometry.triplane import PLANE_AXES
+from native3d.nn.attention import Mlp, TransformerBlock
 from native3d.nn.embeddings import FourierPointEmbedding
-
 
 
 def sample_volume(volume: Float[Tensor, "B C R R R"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q C"]:
