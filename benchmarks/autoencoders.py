@@ -321,11 +321,12 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     if world > 1:
         peak_rss_mb = all_reduce(peak_rss_mb, torch.distributed.ReduceOp.SUM)  # the ranks' peaks, added
+        # Every rank leaves the group before it goes on or exits: a rank that exits with the group
+        # alive can abort in its teardown. Evaluation then runs on rank 0 alone, on every held-out
+        # shape (without the group the shard sets are no longer split by rank), on all the model's cores.
+        torch.distributed.destroy_process_group()
         if rank > 0:
             return
-        # Evaluation runs here alone, on every held-out shape: without the process group the shard
-        # sets are no longer split by rank. And on all the model's cores.
-        torch.distributed.destroy_process_group()
         torch.set_num_threads(threads * world)
     done = timer.steps
     result = {

@@ -1,5 +1,7 @@
 """Contract tests over the three autoencoders (tiny configs), their bottleneck, samplers and loss."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -16,9 +18,10 @@ from native3d.autoencoders import (
     vecset_tiny,
 )
 from native3d.autoencoders.decoders import sample_planes, sample_volume
-from native3d.autoencoders.loss import eikonal_loss
+from native3d.autoencoders.loss import eikonal_loss, soft_iou_loss
 from native3d.autoencoders.triplane import axis_context
 from native3d.data.schema import grid_coords
+from native3d.training.autoencoder import AutoencoderModule
 
 
 
@@ -321,11 +324,12 @@ def test_bce_and_eikonal_give_finite_gradients(preset, batch):
     points.requires_grad_()
     sdf, posterior = model(inputs, points)
     terms = autoencoder_loss(
-        sdf, target, posterior, kl_weight=1e-3, clamp=TRUNCATION, kind="bce", eikonal_weight=0.1, points=points
-    )
-    assert set(terms) == {"recon", "kl", "eikonal", "loss"}
+        sdf, target, posterior, kl_weight=1e-3, clamp=TRUNCATION, kind="bce", eikonal_weight=0.1, points=points,
+        iou_weight=0.5,
+    )  # fmt: skip
+    assert set(terms) == {"recon", "kl", "iou", "eikonal", "loss"}
     terms["loss"].backward()
-    assert torch.isfinite(terms["loss"]) and terms["eikonal"] > 0
+    assert torch.isfinite(terms["loss"]) and terms["eikonal"] > 0 and 0 < terms["iou"] < 1
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
@@ -347,6 +351,38 @@ def test_loss_terms_values_and_per_sample_reduction():
     right = autoencoder_loss(target, target, posterior, 0.0, 0.1, kind="bce")["recon"]
     wrong = autoencoder_loss(-target, target, posterior, 0.0, 0.1, kind="bce")["recon"]
     assert right < 0.1 < wrong
+
+
+def test_soft_iou_weighs_a_thin_shape_like_a_thick_one():
+    queries = 1000
+    thick = torch.where(torch.arange(queries) < 500, -0.05, 0.05)  # half the queries inside
+    thin = torch.where(torch.arange(queries) < 20, -0.05, 0.05)  # 2% inside, as a tray
+    target = torch.stack([thick, thin])
+    posterior = DiagonalGaussian(torch.zeros(2, 4), torch.zeros(2, 4))
+    empty = torch.full_like(target, 0.05)  # a decoder that misses every shape's inside
+    terms = autoencoder_loss(empty, target, posterior, 0.0, 0.1, kind="bce", iou_weight=1.0, reduction="none")
+    assert terms["recon"][1] < terms["recon"][0] / 20, "cross-entropy barely sees the thin shape's loss"
+    torch.testing.assert_close(terms["iou"], torch.tensor([1.0, 1.0]), atol=0.05, rtol=0)  # IoU sees both
+    torch.testing.assert_close(terms["loss"], terms["recon"] + terms["iou"])
+    sure = autoencoder_loss(10 * target, target, posterior, 0.0, 0.1, kind="bce", iou_weight=1.0, reduction="none")
+    torch.testing.assert_close(sure["iou"], torch.zeros(2), atol=1e-3, rtol=0)
+    # A shape with nothing inside, predicted empty, costs nothing; with a one-point phantom inside, 1/2.
+    nothing = torch.full((1, 10), 1.0)
+    torch.testing.assert_close(soft_iou_loss(nothing, nothing), torch.zeros(1), atol=1e-6, rtol=0)
+    phantom = nothing.clone()
+    phantom[0, 0] = -1.0
+    torch.testing.assert_close(soft_iou_loss(phantom, nothing), torch.tensor([0.5]), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("iou_weight", [0.0, 0.5])
+def test_the_training_module_adds_the_soft_iou_term_by_its_weight(batch, iou_weight):
+    module = AutoencoderModule(vecset_tiny(), loss="bce", kl_weight=1e-3, iou_weight=iou_weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # logging without a trainer
+        terms = module.step({**batch, "id": [f"sphere{i}" for i in range(B)]}, "val")  # val: the posterior mode
+    assert ("iou" in terms) == (iou_weight > 0)
+    expected = terms["recon"] + 1e-3 * terms["kl"] + iou_weight * terms.get("iou", 0.0)
+    torch.testing.assert_close(terms["loss"], expected)
 
 
 def test_kl_closed_form():

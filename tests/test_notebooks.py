@@ -25,11 +25,13 @@ def test_the_notebook_is_stored_clean_with_a_parameters_cell(name):
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", NAMES)
-def test_the_notebook_runs_with_its_tiny_defaults(name, monkeypatch):
+def test_the_notebook_runs_with_its_tiny_defaults(name, monkeypatch, tmp_path):
     for var in [v for v in os.environ if v.startswith("NATIVE3D_")]:
         monkeypatch.delenv(var)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's work folders land in pytest's tmp, which pytest prunes
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()  # raises CellExecutionError naming the failing cell
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook draws its figures"
+    assert any(tmp_path.glob("native3d-*")), "the notebook worked under TMPDIR"

@@ -1,7 +1,7 @@
 """The LightningModule that trains any `LatentAutoencoder` on shard batches.
 
-Loss on the shard's SDF queries (clamped L1 or occupancy BCE, KL, optional eikonal term). At
-validation: loss and volume IoU on the uniform queries (sign agreement); every
+Loss on the shard's SDF queries (clamped L1 or occupancy BCE, KL, optional soft-IoU and eikonal
+terms). At validation: loss and volume IoU on the uniform queries (sign agreement); every
 `mesh_every_n_val` validations also Chamfer-L1 and F-score@0.02 of marching-cubes meshes of a
 few validation shapes against their surface points, with a PNG of them. Before every checkpoint the
 latent statistics (per-channel mean and std over training batches) are refreshed, so a checkpoint
@@ -43,6 +43,7 @@ class AutoencoderModule(L.LightningModule):
         loss: str = "l1",
         clamp: float = 0.1,
         eikonal_weight: float = 0.0,
+        iou_weight: float = 0.0,
         mesh_every_n_val: int = 1,
         mesh_shapes: int = 4,
         mesh_resolution: int = 64,
@@ -67,7 +68,7 @@ class AutoencoderModule(L.LightningModule):
         pred, posterior = self.autoencoder(inputs, points, sample_posterior=stage == "train")
         terms = autoencoder_loss(
             pred, target, posterior, kl_weight=hp.kl_weight, clamp=hp.clamp, kind=hp.loss,
-            eikonal_weight=hp.eikonal_weight, points=points,
+            eikonal_weight=hp.eikonal_weight, points=points, iou_weight=hp.iou_weight,
         )  # fmt: skip
         check_finite(terms["loss"], batch["id"], stage, self.global_step)
         self.log_dict({f"{stage}/{k}": v.detach() for k, v in terms.items()}, prog_bar=stage == "train", batch_size=len(pred), sync_dist=stage != "train")
