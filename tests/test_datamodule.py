@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 
 from native3d.data.datamodule import ShapeSample, ShardDataModule, ShardStream
@@ -40,3 +41,25 @@ def test_validation_reads_every_sample_exactly_once(primitive_shards):
     second = [i for b in data.val_dataloader() for i in b["id"]]
     assert Counter(first) == Counter(second) and len(first) == 24 == len(set(first))
     assert all(b["query"].shape[1] == 1024 for b in data.val_dataloader()), "validation keeps all queries"
+
+
+def test_training_reads_a_fresh_subset_of_the_surface_and_validation_all_of_it(primitive_shards):
+    data = ShardDataModule(str(primitive_shards), val=str(primitive_shards), batch_size=4, num_workers=0,
+                           surface_points=128, shuffle_buffer=4, batches_per_epoch=12)  # fmt: skip
+    stored = {i: s for b in data.val_dataloader() for i, s in zip(b["id"], b["surface"])}
+    assert all(s.shape == (512, 6) for s in stored.values()), "validation keeps every surface point"
+    drawn: dict[str, list[set]] = {}
+    for batch in data.train_dataloader():
+        assert batch["surface"].shape == (4, 128, 6)
+        for i, surface in zip(batch["id"], batch["surface"]):
+            rows = {tuple(r) for r in stored[i].tolist()}
+            subset = {tuple(r) for r in surface.tolist()}
+            assert len(subset) == 128 and subset <= rows, f"{i}: not 128 distinct stored surface points"
+            drawn.setdefault(i, []).append(frozenset(subset))
+    repeated = [subsets for subsets in drawn.values() if len(subsets) > 1]
+    assert repeated and all(len(set(subsets)) == len(subsets) for subsets in repeated), "each read draws anew"
+
+
+def test_more_surface_points_than_stored_is_an_error_naming_the_set(primitive_shards):
+    with pytest.raises(ValueError, match=rf"{primitive_shards.name}.*surface_points=513.*512"):
+        ShardDataModule(str(primitive_shards), surface_points=513)

@@ -29,13 +29,18 @@ log = logging.getLogger(__name__)
 ARRAY_FIELDS = {"surface.npy": "surface", "sdf.npy": "sdf", "query.npy": "query", "triplane.npy": "triplane", "views.npy": "views"}
 
 
-def sample_to_tensors(sample: dict, query_points: int | None, rng: np.random.Generator) -> dict:
-    """A decoded sample as float32 tensors; `query_points` draws a random subset of the queries."""
+def sample_to_tensors(
+    sample: dict, query_points: int | None, rng: np.random.Generator, surface_points: int | None = None
+) -> dict:
+    """A decoded sample as float32 tensors; `query_points` / `surface_points` draw a random subset of
+    the queries / surface points."""
     out: dict[str, object] = {"id": sample["__key__"], "caption": sample["caption.txt"]}
+    subset = {"query": query_points, "surface": surface_points}
     for key, name in ARRAY_FIELDS.items():
         array = sample[key]
-        if name == "query" and query_points is not None and query_points < len(array):
-            array = array[rng.choice(len(array), query_points, replace=False)]
+        count = subset.get(name)
+        if count is not None and count < len(array):
+            array = array[rng.choice(len(array), count, replace=False)]
         out[name] = torch.from_numpy(np.ascontiguousarray(array)).float() if array.dtype != np.uint8 else torch.from_numpy(array)
     return out
 
@@ -46,9 +51,10 @@ class ShapeSample:
 
     sizes: Sizes
     query_points: int | None = None
+    surface_points: int | None = None
 
     def __call__(self, raw: dict, rng: np.random.Generator) -> dict:
-        return sample_to_tensors(decode_sample(raw, self.sizes), self.query_points, rng)
+        return sample_to_tensors(decode_sample(raw, self.sizes), self.query_points, rng, self.surface_points)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,10 @@ class ShardDataModule(L.LightningDataModule):
     """Train and validation shard sets, each given by its `index.json` (or folder).
 
     Without `val`, `val_shards` > 0 holds out the last shards of `train` for validation.
+    Training reads a fresh random subset of `query_points` queries and, if set, of `surface_points`
+    surface points of every shape each time it reads the shape: a point encoder then never sees the
+    same input cloud twice, as 3DShape2VecSet draws its input from a larger surface sample.
+    Validation reads every query and surface point.
     """
 
     def __init__(
@@ -181,6 +191,7 @@ class ShardDataModule(L.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 2,
         query_points: int | None = 2048,
+        surface_points: int | None = None,
         shuffle_buffer: int = 256,
         batches_per_epoch: int = 1000,
         seed: int = 0,
@@ -191,6 +202,8 @@ class ShardDataModule(L.LightningDataModule):
         self.val_index = load_index(val) if val else None
         if self.val_index is None and val_shards > 0:
             self.train_index, self.val_index = hold_out(self.train_index, val_shards)
+        if surface_points is not None and not 0 < surface_points <= self.sizes.surface_points:
+            raise ValueError(f"{train}: surface_points={surface_points}, but its shapes hold {self.sizes.surface_points} surface points")
 
     @property
     def sizes(self):
@@ -205,7 +218,8 @@ class ShardDataModule(L.LightningDataModule):
 
     def converter(self, index: ShardIndex, train: bool) -> Callable[[dict, np.random.Generator], dict]:
         # Validation keeps every query: its first half is the uniform set that volume IoU reads.
-        return ShapeSample(index.sizes, self.hparams.query_points if train else None)
+        hp = self.hparams
+        return ShapeSample(index.sizes, hp.query_points if train else None, hp.surface_points if train else None)
 
     def stream(self, index: ShardIndex, train: bool) -> ShardStream:
         hp = self.hparams
@@ -247,7 +261,10 @@ class LatentDataModule(ShardDataModule):
         batches_per_epoch: int = 1000,
         seed: int = 0,
     ) -> None:
-        super().__init__(train, val, val_shards, batch_size, num_workers, None, shuffle_buffer, batches_per_epoch, seed)
+        super().__init__(
+            train, val, val_shards, batch_size, num_workers, query_points=None,
+            shuffle_buffer=shuffle_buffer, batches_per_epoch=batches_per_epoch, seed=seed,
+        )  # fmt: skip
         if self.train_index.kind != "latent":
             raise ValueError(f"{self.train_index.root} is not a latent shard set; run `native3d encode` first")
 
