@@ -217,7 +217,7 @@ class ShardDataModule(L.LightningDataModule):
         return 0, 1
 
     def converter(self, index: ShardIndex, train: bool) -> Callable[[dict, np.random.Generator], dict]:
-        # Validation keeps every query: its first half is the uniform set that volume IoU reads.
+        # Validation keeps every query (its first half is the uniform set that volume IoU reads) and surface point.
         hp = self.hparams
         return ShapeSample(index.sizes, hp.query_points if train else None, hp.surface_points if train else None)
 
