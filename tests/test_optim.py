@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import io
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from native3d.autoencoders.vecset import vecset_tiny
-from native3d.training.optim import MuonAdamW, build_optimizer, hidden_matrices, warmup_cosine
+from native3d.training.optim import MuonAdamW, build_optimizer, hidden_matrices, warmup_cosine, warmup_cosine_scheduler
 
 
 def names_of(model: nn.Module, params) -> set[str]:
@@ -56,6 +57,30 @@ def test_a_scheduler_sets_the_learning_rate_of_both_halves():
     schedule.step()
     for inner in (optimizer.muon, optimizer.adamw):
         assert [group["lr"] for group in inner.param_groups] == pytest.approx([1e-3 * 3 / 4] * len(inner.param_groups))
+
+
+def test_the_schedule_follows_a_max_steps_changed_during_the_run():
+    """A budgeted run that re-plans its length mid-run still ends its decay at its new last step."""
+    parameter = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    trainer = SimpleNamespace(max_steps=20)
+    schedule = warmup_cosine_scheduler(optimizer, warmup=4, trainer=trainer)["scheduler"]
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(warmup_cosine(10, 4, 20))
+    trainer.max_steps = 40  # re-planned at step 10: twice as long
+    rates = []
+    for _ in range(30):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(warmup_cosine(11, 4, 40)) and rates[0] > warmup_cosine(11, 4, 20)
+    assert rates[-1] == pytest.approx(0.1), "the decay ends at step 40, not at the first plan's 20"
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    trainer.max_steps = -1  # no step limit: constant after the warm-up
+    schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon"])

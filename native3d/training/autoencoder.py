@@ -25,7 +25,7 @@ from native3d.autoencoders.loss import autoencoder_loss
 from native3d.geometry.symmetry import Symmetries, random_cube_symmetries, transform_shape_batch
 from native3d.metrics import chamfer_distance, f_score, volume_iou
 from native3d.training.checks import check_finite
-from native3d.training.optim import OptimizerName, build_optimizer, warmup_cosine
+from native3d.training.optim import OptimizerName, build_optimizer, warmup_cosine_scheduler
 from native3d.training.previews import decode_previews
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,7 @@ class AutoencoderModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = build_optimizer(self.autoencoder, hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay)
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_scheduler(optimizer, hp.warmup_steps, self.trainer)}
 
 
 def mesh_scores(meshes: list[np.ndarray | None], surface: Tensor, count: int = 2048) -> dict[str, float]:

@@ -27,7 +27,7 @@ from native3d.conditioning.condition import ImageConditioner, TextConditioner
 from native3d.diffusion import DDPM, RectifiedFlow, cfg_model, drop_condition, sample_dpm_solver, sample_euler
 from native3d.nn.modulation import Cond
 from native3d.training.checks import check_finite
-from native3d.training.optim import warmup_cosine
+from native3d.training.optim import warmup_cosine_scheduler
 from native3d.training.previews import decode_previews
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,7 @@ class LatentDiffusion(L.LightningModule):
         hp = self.hparams
         params = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("autoencoder.")]
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.99))
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_scheduler(optimizer, hp.warmup_steps, self.trainer)}
 
     def frozen_encoder_prefixes(self) -> list[str]:
         if self.conditioner is not None and self.conditioner.is_frozen:

@@ -6,7 +6,8 @@
   everything else (input embeddings, scalar read-outs, convolutions, biases and norms), as Muon is
   meant to be used. Its updates are scaled to AdamW's RMS ("match_rms_adamw", Liu et al. 2025,
   "Muon is Scalable for LLM Training"), so one learning rate and schedule serve both halves.
-- `warmup_cosine`: linear warm-up, then cosine decay to 10%.
+- `warmup_cosine`: linear warm-up, then cosine decay to 10%; `warmup_cosine_scheduler` steps it
+  over a Lightning trainer's `max_steps`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from itertools import chain
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from native3d.nn.embeddings import FourierPointEmbedding, TimestepEmbedding
+
+if TYPE_CHECKING:
+    import lightning as L
 
 OptimizerName = Literal["adamw", "muon"]
 BETAS = (0.9, 0.99)
@@ -122,3 +126,19 @@ def warmup_cosine(step: int, warmup: int, total: int | None) -> float:
         return 1.0
     progress = min(1.0, (step - warmup) / (total - warmup))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, warmup: int, trainer: L.Trainer | None) -> dict:
+    """Lightning's `lr_scheduler` entry: `warmup_cosine` per optimizer step, over `trainer.max_steps`.
+
+    The length is read at every step, not once: a run whose `max_steps` changes while it trains
+    (a time-budgeted run that re-plans its steps from its own pace) still ends its decay with its
+    last step. Without a step limit (`max_steps` -1, e.g. a `max_time` run) the rate stays constant
+    after the warm-up.
+    """
+
+    def factor(step: int) -> float:
+        total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
+        return warmup_cosine(step, warmup, total)
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
