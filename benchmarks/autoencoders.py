@@ -9,7 +9,10 @@ through the stock `ShardDataModule`.
 Training: each model runs in its own process through LightningCLI with the same YAML a user
 gives `native3d fit` (configs/autoencoder/<model>_cpu.yaml + configs/trainer/cpu.yaml). A short
 timing run measures seconds per step; the main run gets max_steps = budget / (s/step), so the
-cosine schedule ends with the budget, and `max_time` = the budget as a hard stop. `--jobs N`
+cosine schedule ends with the budget, and `max_time` = the budget as a hard stop. From step
+REPLAN_AT on, every REPLAN_EVERY steps, the main run plans again from its own recent pace and the
+time left (the timing run's estimate is good to about 10%), and the schedule, which reads max_steps
+at every step, follows. `--jobs N`
 trains N models at a time, each with cores / N torch threads (on 2 cores, `--jobs 2` gives each
 model one core and halves the wall time of the run). `--processes vecset=2` trains a model as two
 DDP ranks on this machine (gloo on loopback, as a multi-GPU run is laid out: each rank reads its own
@@ -77,6 +80,7 @@ MESH_RESOLUTION = 64
 TIMING_STEPS = 32  # the timing run; its first STEPS_SKIPPED steps are warm-up (oneDNN, the shuffle buffer)
 STEPS_SKIPPED = 12
 UNDERUSED = 0.9  # a run that trains less of its budget than this gets a warning under the table
+REPLAN_AT, REPLAN_EVERY = 200, 500  # the main run plans its steps again at these steps, from its own pace (not with --quick)
 PRECISIONS = ("32-true", "bf16-mixed")  # what a CPU trains in
 
 
@@ -160,6 +164,39 @@ class BatchTimer:
                 timer.end = time.perf_counter()
 
         self.callback, self.starts, self.end = Callback(), [], None
+        self.replans: list[tuple[int, int, float]] = []  # (at step, planned steps, s/step) of each re-plan
+
+    def replan_callback(self, world: int, limit: int):
+        """A callback that sets max_steps to what the rest of the budget allows at the run's own recent pace.
+
+        A timing run measured too slow ends minutes early; one measured too fast is cut by the time
+        limit before its schedule ends. It plans at step REPLAN_AT, then every REPLAN_EVERY steps
+        from the median s/step of the last REPLAN_EVERY steps, so a pace that changes during the run
+        is followed too. `max_time` stays the hard stop; at most `limit` steps (the loader's epoch)
+        are planned; on DDP ranks the slowest rank's pace and the least time left count, so every
+        rank plans the same steps.
+        """
+        import lightning as L
+        from lightning.pytorch.callbacks import Timer
+
+        timer = self
+
+        class Replan(L.Callback):
+            def on_train_batch_end(self, trainer, *args) -> None:
+                step = trainer.global_step
+                if step < REPLAN_AT or (step - REPLAN_AT) % REPLAN_EVERY:
+                    return
+                pace = timer.seconds_per_step(max(STEPS_SKIPPED, len(timer.starts) - REPLAN_EVERY - 1))
+                remaining = next(c for c in trainer.callbacks if isinstance(c, Timer)).time_remaining()
+                if world > 1:
+                    pace = all_reduce(pace, torch.distributed.ReduceOp.MAX)
+                    remaining = all_reduce(remaining, torch.distributed.ReduceOp.MIN)
+                # 1% to spare, so that the schedule ends before the time limit rather than being cut by it
+                steps = min(limit, step + int(0.99 * remaining / pace))
+                trainer.fit_loop.epoch_loop.max_steps = steps  # Lightning reads it at every step
+                timer.replans.append((step, steps, pace))
+
+        return Replan()
 
     @property
     def steps(self) -> int:
@@ -178,16 +215,18 @@ def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float
     """Trains the model of `config` through LightningCLI (as `native3d fit` does); returns (module, datamodule, timer).
 
     With `world` > 1 this process is one DDP rank of `world` (its environment names the rank).
+    A budgeted run (`max_seconds`, not `quick`) re-plans its steps as it goes, up to twice `max_steps`.
     """
     from lightning.pytorch.cli import LightningCLI
     import lightning as L
 
+    replan = max_seconds is not None and not quick and max_steps > 2 * REPLAN_AT
     argv = [
         "--config", str(config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
         "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(paths["train"]),
         "--data.val", str(paths["heldout"]), "--data.batch_size", str(BATCH_SIZE), "--data.num_workers", "0",
         "--data.query_points", str(TRAIN_QUERIES), "--data.shuffle_buffer", "64" if quick else "256",
-        "--data.batches_per_epoch", str(max_steps), "--trainer.max_steps", str(max_steps),
+        "--data.batches_per_epoch", str(2 * max_steps if replan else max_steps), "--trainer.max_steps", str(max_steps),
         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.precision", precision, "--seed_everything", "0",
@@ -202,6 +241,8 @@ def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float
     )  # fmt: skip
     timer = BatchTimer()
     cli.trainer.callbacks.append(timer.callback)
+    if replan:
+        cli.trainer.callbacks.append(timer.replan_callback(world, limit=2 * max_steps))
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli.model, cli.datamodule, timer
 
@@ -337,6 +378,7 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
         "seconds_per_step_timed": seconds_per_step,
         "budget_minutes": minutes,
         "planned_steps": steps,
+        "replans": timer.replans,  # [at step, planned steps, s/step] of each re-plan
         "steps": done,
         "train_minutes": timer.span / 60,
         "samples_per_second": done * BATCH_SIZE * world / timer.span,
@@ -398,9 +440,15 @@ def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> Non
         )  # fmt: skip
     print("configs: " + ", ".join(f"{r['model']} {r['config']} ({r.get('precision', '32-true')})" for r in results))
     for r in results:
+        plan = f"{r['model']}: {r['planned_steps']:,} steps planned from the timing run ({r['seconds_per_step_timed']:.3f} s/step)"
+        if r.get("replans"):
+            (first_at, first, first_pace), (last_at, last, last_pace) = r["replans"][0], r["replans"][-1]
+            plan += f"; re-planned {len(r['replans'])} times from its own pace: {first:,} at step {first_at:,} ({first_pace:.3f} s/step)"
+            plan += f", ..., {last:,} at step {last_at:,} ({last_pace:.3f} s/step)" if len(r["replans"]) > 1 else ""
+        print(plan)
         if r["train_minutes"] < UNDERUSED * r["budget_minutes"]:
-            print(f"warning: {r['model']} trained {r['train_minutes']:.1f} of its {r['budget_minutes']:.1f} minutes: its timing run "
-                  f"measured {r['seconds_per_step_timed']:.3f} s/step, slower than the run itself (was the machine busy then?)")  # fmt: skip
+            print(f"warning: {r['model']} trained {r['train_minutes']:.1f} of its {r['budget_minutes']:.1f} minutes: it ran "
+                  f"faster than planned (was the machine busy while it timed its steps?)")  # fmt: skip
     print("IoU: sign agreement on the uniform half of each held-out shape's queries; IoU trn: the same on as many "
           "training shapes (the first shards of each set); CD-L1 / F@0.02: 64^3 decode_mesh "
           "meshes (2,048 points) vs the shape's surface points, over the meshes with a surface (meshes = found/tried); "
