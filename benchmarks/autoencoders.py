@@ -221,12 +221,13 @@ def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float
     import lightning as L
 
     replan = max_seconds is not None and not quick and max_steps > 2 * REPLAN_AT
+    epoch = 2 * max_steps if replan else max_steps  # the loader's length: room for a re-plan to grow
     argv = [
         "--config", str(config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
         "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(paths["train"]),
         "--data.val", str(paths["heldout"]), "--data.batch_size", str(BATCH_SIZE), "--data.num_workers", "0",
         "--data.query_points", str(TRAIN_QUERIES), "--data.shuffle_buffer", "64" if quick else "256",
-        "--data.batches_per_epoch", str(2 * max_steps if replan else max_steps), "--trainer.max_steps", str(max_steps),
+        "--data.batches_per_epoch", str(epoch), "--trainer.max_steps", str(max_steps),
         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.precision", precision, "--seed_everything", "0",
@@ -242,7 +243,7 @@ def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float
     timer = BatchTimer()
     cli.trainer.callbacks.append(timer.callback)
     if replan:
-        cli.trainer.callbacks.append(timer.replan_callback(world, limit=2 * max_steps))
+        cli.trainer.callbacks.append(timer.replan_callback(world, limit=epoch))
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli.model, cli.datamodule, timer
 
