@@ -42,7 +42,7 @@ from native3d.autoencoders.meshing import latent_field  # noqa: E402
 from native3d.cli import main as native3d  # noqa: E402
 from native3d.data.datamodule import collate, hold_out, sample_to_tensors  # noqa: E402
 from native3d.data.shards import iter_samples, load_index  # noqa: E402
-from native3d.encode import load_autoencoder  # noqa: E402
+from native3d.checkpoints import load_autoencoder  # noqa: E402
 from native3d.geometry.marching_cubes import NoSurfaceError, coarse_to_fine_grid, dense_grid, marching_cubes  # noqa: E402
 from native3d.geometry.sampling import sample_surface  # noqa: E402
 from native3d.metrics import chamfer_distance  # noqa: E402

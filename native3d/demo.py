@@ -66,9 +66,9 @@ class Stages:
 
 
 def cli(argv: list[str]) -> None:
-    from native3d.cli import main
+    from native3d.cli import run
 
-    code = main([str(a) for a in argv])
+    code = run([str(a) for a in argv])  # a user error propagates to the demo's own command
     if code:
         raise SystemExit(f"native3d {argv[0]} failed with exit code {code}")
 
@@ -164,9 +164,9 @@ def write_contact_sheet(out: Path, cell: int = 128, label_width: int = 150) -> N
 
 def checkpoint_steps(ckpt: Path) -> int | None:
     """The optimizer steps a checkpoint was trained for (None where it does not exist)."""
-    import torch
+    from native3d.checkpoints import read_checkpoint
 
-    return torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step") if ckpt.exists() else None
+    return read_checkpoint(ckpt).get("global_step") if ckpt.exists() else None
 
 
 def write_report(out: Path, seconds: dict[str, float]) -> None:

@@ -20,6 +20,8 @@ import trimesh
 from PIL import Image
 
 from native3d.autoencoders.meshing import decode_mesh
+from native3d.checkpoints import load_diffusion
+from native3d.errors import InputError
 from native3d.geometry.marching_cubes import NoSurfaceError
 from native3d.geometry.render import fixed_cameras, render_views
 from native3d.options import FORMATS
@@ -53,31 +55,20 @@ def settings_from_args(args) -> SampleSettings:
     )  # fmt: skip
 
 
-def load_diffusion(ckpt: str | os.PathLike, device: str = "cpu"):
-    from native3d.training.diffusion import LatentDiffusion
-
-    if not Path(ckpt).is_file():
-        raise FileNotFoundError(f"{ckpt}: no such checkpoint")
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    if "backbone" not in hparams or "autoencoder_config" not in hparams:
-        raise ValueError(f"{ckpt} is not a latent-diffusion checkpoint (no backbone/autoencoder in its hyperparameters)")
-    return LatentDiffusion.load_from_checkpoint(ckpt, map_location=device).eval()
-
-
 def conditions(model, settings: SampleSettings) -> list[tuple[str, dict | None]]:
     """(label, cond of batch 1) per requested condition; one unconditional entry without any."""
     if not model.conditional:
         if settings.prompts or settings.images:
-            raise ValueError(f"{settings.ckpt} is an unconditional model; it takes no --prompt or --image")
+            raise InputError(f"{settings.ckpt} is an unconditional model; it takes no --prompt or --image")
         return [("unconditional", None)]
     from native3d.conditioning.condition import ImageConditioner
 
     if isinstance(model.conditioner, ImageConditioner):
         if settings.prompts or not settings.images:
-            raise ValueError(f"{settings.ckpt} is conditioned on images; give --image PNG (or a mesh file to render)")
+            raise InputError(f"{settings.ckpt} is conditioned on images; give --image PNG (or a mesh file to render)")
         return [(Path(p).stem, image_condition(model, p)) for p in settings.images]
     if settings.images or not settings.prompts:
-        raise ValueError(f"{settings.ckpt} is conditioned on text; give --prompt TEXT")
+        raise InputError(f"{settings.ckpt} is conditioned on text; give --prompt TEXT")
     return [(prompt, model.conditioner.encode_texts([prompt])) for prompt in settings.prompts]
 
 
@@ -99,7 +90,7 @@ def sample_to_folder(settings: SampleSettings, out: str | os.PathLike, model=Non
     `model` is the loaded checkpoint when the caller has it already (else `settings.ckpt` is loaded).
     """
     if settings.format not in FORMATS:
-        raise ValueError(f"--format must be one of {FORMATS}, got {settings.format!r}")
+        raise InputError(f"--format must be one of {FORMATS}, got {settings.format!r}")
     model = model if model is not None else load_diffusion(settings.ckpt, settings.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -154,13 +154,6 @@ def test_an_empty_folder_or_reference_is_a_clear_error(primitive_shards, tmp_pat
         evaluate_generation(tmp_path / "bad", tmp_path / "none")
 
 
-def test_the_cli_refuses_a_mix_of_modes(tmp_path):
-    with pytest.raises(SystemExit, match="--ckpt AE.ckpt --data SHARDS"):
-        native3d(["evaluate", "--meshes", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")])
-    with pytest.raises(FileNotFoundError, match="ldm.ckpt"):
-        native3d(["evaluate", "--ckpt", str(tmp_path / "ldm.ckpt"), "--reference", str(tmp_path), "--out", str(tmp_path / "o")])
-
-
 def test_a_prompt_names_its_class_only_when_one_class_word_occurs():
     classes = {"mug", "table", "chair"}
     assert prompted_class({"prompt": "A tall mug with a handle"}, classes) == ("mug", "prompt")

@@ -11,7 +11,9 @@ import torch
 from native3d.cli import main as native3d
 from native3d.data.shards import iter_samples
 from native3d.encode import encode_shard_set
-from native3d.sampling import SampleSettings, load_diffusion, sample_to_folder
+from native3d.checkpoints import load_diffusion
+from native3d.errors import InputError
+from native3d.sampling import SampleSettings, sample_to_folder
 
 from test_training import CONFIGS, fit
 
@@ -35,14 +37,14 @@ def latent_sets(primitive_shards, tmp_path_factory) -> dict[str, tuple[Path, Pat
 
 
 def fit_diffusion(config: str, ae: Path, latents: Path, out: Path, steps: int, extra: tuple[str, ...] = ()) -> Path:
-    native3d([
+    assert native3d([
         "fit", "--config", str(CONFIGS / "diffusion" / config), *extra, "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
         "--config", str(CONFIGS / "data" / "latents.yaml"), "--data.train", str(latents), "--data.batch_size", "4",
         "--data.num_workers", "0", "--data.batches_per_epoch", str(steps), "--model.init_args.autoencoder", str(ae),
         "--model.init_args.sample_steps", "4", "--model.init_args.mesh_resolution", "32",
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out), "--seed_everything", "0",
-    ])  # fmt: skip
+    ]) == 0  # fmt: skip
     return next(out.rglob("last.ckpt"))
 
 
@@ -66,17 +68,27 @@ def test_fit_reload_sample_writes_meshes(config, latent_sets, tmp_path):
     assert json.loads((tmp_path / "samples" / "samples.json").read_text())["settings"]["guidance"] == 3.0
 
 
-def test_prompt_to_an_unconditional_model_is_refused(latent_sets, tmp_path):
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    (line,) = [row for row in err.splitlines() if ": error: " in row]
+    assert "Traceback" not in err
+    return line
+
+
+def test_prompt_to_an_unconditional_model_is_refused(latent_sets, tmp_path, capsys):
     ae, latents = latent_sets["vecset_tiny.yaml"]
     uncond = str(CONFIGS / "conditioning" / "unconditional.yaml")
     ckpt = fit_diffusion("set_dit_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", uncond))
-    with pytest.raises(ValueError, match="unconditional model"):
+    with pytest.raises(InputError, match="unconditional model"):
         sample_to_folder(SampleSettings(ckpt=str(ckpt), prompts=["a chair"]), tmp_path / "out")
+    capsys.readouterr()
+    assert native3d(["sample", "--ckpt", str(ckpt), "--prompt", "a chair", "--out", str(tmp_path / "out")]) == 2
+    assert "unconditional model; it takes no --prompt" in one_error_line(capsys)
     summary = sample_to_folder(SampleSettings(ckpt=str(ckpt), num=2, steps=2, resolution=32), tmp_path / "out")
     assert len(summary["samples"]) == 2
 
 
-def test_image_conditioned_model_samples_from_a_png_and_names_a_bad_image(latent_sets, tmp_path):
+def test_image_conditioned_model_samples_from_a_png_and_names_a_bad_image(latent_sets, tmp_path, capsys):
     ae, latents = latent_sets["triplane_tiny.yaml"]
     image = str(CONFIGS / "conditioning" / "image_tiny.yaml")
     ckpt = fit_diffusion("triplane_unet_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", image))
@@ -86,15 +98,18 @@ def test_image_conditioned_model_samples_from_a_png_and_names_a_bad_image(latent
     summary = sample_to_folder(SampleSettings(ckpt=str(ckpt), images=[str(tmp_path / "cond.png")], num=1, steps=2, resolution=32), tmp_path / "out")
     assert summary["samples"][0]["prompt"] == "cond"
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="bad.png"):
+    with pytest.raises(InputError, match="bad.png"):
         sample_to_folder(SampleSettings(ckpt=str(ckpt), images=[str(tmp_path / "bad.png")]), tmp_path / "out2")
+    capsys.readouterr()
+    assert native3d(["sample", "--ckpt", str(ckpt), "--image", str(tmp_path / "bad.png"), "--out", str(tmp_path / "out2")]) == 2
+    assert "bad.png: not a readable image" in one_error_line(capsys)
 
 
 def test_wrong_checkpoints_are_named(latent_sets, tmp_path):
     ae, _ = latent_sets["vecset_tiny.yaml"]
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         load_diffusion(tmp_path / "nope.ckpt")
-    with pytest.raises(ValueError, match="not a latent-diffusion checkpoint"):
+    with pytest.raises(InputError, match="not a latent-diffusion checkpoint .*; it is an autoencoder checkpoint"):
         load_diffusion(ae)
 
 

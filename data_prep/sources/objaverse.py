@@ -24,6 +24,7 @@ import objaverse
 
 from data_prep.sources import MeshItem
 from data_prep.sources.captions import read_captions_csv
+from native3d.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _lvis_categories(wanted: list[str]) -> dict[str, str]:
     lvis = objaverse.load_lvis_annotations()
     unknown = [c for c in wanted if c not in lvis]
     if unknown:
-        raise ValueError(f"unknown LVIS categories: {unknown}")
+        raise InputError(f"unknown LVIS categories: {unknown}")
     categories: dict[str, str] = {}
     for category in wanted:
         for uid in lvis[category]:

@@ -25,7 +25,8 @@ from jaxtyping import Float, UInt8
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from native3d.geometry.mesh import MESH_EXTENSIONS, load_mesh, normalize
+from native3d.errors import InputError, MissingFileError
+from native3d.geometry.mesh import MESH_EXTENSIONS, MeshError, load_mesh, normalize
 from native3d.geometry.render import fixed_cameras, render_views
 from native3d.nn.attention import TransformerBlock
 from native3d.nn.modulation import Cond
@@ -167,9 +168,9 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
             opened.load()  # decode now, so a truncated file fails here and not later
             image = _composite_on_white(opened)
     except (FileNotFoundError, IsADirectoryError) as error:
-        raise ValueError(f"{path}: no such image file") from error
+        raise MissingFileError(f"{path}: no such image file") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # PIL's decode errors
-        raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
+        raise InputError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
     side = max(image.size)
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
@@ -188,9 +189,12 @@ def render_image_of_mesh(path: str | os.PathLike, size: int) -> np.ndarray:
     """The first fixed-camera view of a normalized mesh file, (size, size, 3) uint8.
 
     The camera is the first of `fixed_cameras`, the same for any view count, so this is the
-    view a model conditioned on shard view 0 was trained on. Raises `MeshError` (a ValueError).
+    view a model conditioned on shard view 0 was trained on. An unusable mesh is an `InputError`.
     """
-    mesh, _ = normalize(load_mesh(path))
+    try:
+        mesh, _ = normalize(load_mesh(path))
+    except MeshError as error:
+        raise InputError(f"{path}: not a usable mesh to render ({error})") from error
     return render_views(mesh, fixed_cameras(1), size)[0]
 
 

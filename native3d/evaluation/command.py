@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from native3d.options import add_sampling_arguments
+from native3d.errors import InputError
+from native3d.options import add_sampling_arguments, at_least, non_negative, positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--meshes", help="folder of generated meshes, optionally with samples.json (with --reference)")
     what.add_argument("--reference", help="reference shard set for --meshes or a diffusion --ckpt")
     parser.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
-    parser.add_argument("--points", type=int, default=2048, help="points per shape for point-cloud metrics")
+    parser.add_argument("--points", type=positive, default=2048, help="points per shape for point-cloud metrics")
     parser.add_argument("--seed", type=int, default=0, help="seed of every point subsample")
     recon = parser.add_argument_group("reconstruction (--ckpt --data)")
-    parser.add_argument("--resolution", type=int, default=64, help="marching-cubes cells per axis (reconstructions and samples)")
-    recon.add_argument("--limit", type=int, help="the first N objects of the shard set")
-    recon.add_argument("--fscore-threshold", type=float, default=0.02, help="F-score distance, normalized frame")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--resolution", type=at_least(2), default=64, help="marching-cubes cells per axis (reconstructions and samples)")
+    recon.add_argument("--limit", type=positive, help="the first N objects of the shard set")
+    recon.add_argument("--fscore-threshold", type=non_negative, default=0.02, help="F-score distance, normalized frame")
+    parser.add_argument("--batch-size", type=positive, default=8)
     parser.add_argument("--device", default="cpu")
     gen = parser.add_argument_group("generation (--meshes or a diffusion --ckpt, with --reference)")
     gen.add_argument("--metric", choices=("chamfer", "emd"), default="chamfer", help="Chamfer-L1 or exact EMD")
@@ -73,7 +74,7 @@ def evaluate(args: argparse.Namespace):
             settings_from_args(args), args.reference, args.out, points=args.points, metric=args.metric,
             class_distance=args.class_distance, seed=args.seed,
         )  # fmt: skip
-    raise SystemExit(
+    raise InputError(
         "native3d evaluate: give --ckpt AE.ckpt --data SHARDS, --meshes FOLDER --reference SHARDS, "
         "or --ckpt LDM.ckpt --reference SHARDS"
     )

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import LatentAutoencoder, autoencoder_from_config
+from native3d.checkpoints import autoencoder_config, load_autoencoder
 from native3d.conditioning.condition import ImageConditioner, TextConditioner
 from native3d.diffusion import DDPM, RectifiedFlow, cfg_model, drop_condition, sample_dpm_solver, sample_euler
 from native3d.nn.modulation import Cond
@@ -193,16 +194,5 @@ def load_frozen_autoencoder(ckpt: str, config: dict | None) -> tuple[LatentAutoe
     if config is not None:
         autoencoder = autoencoder_from_config(config)
     else:
-        from native3d.encode import load_autoencoder
-
-        autoencoder = load_autoencoder(ckpt)
-        config = autoencoder_config_of(ckpt)
+        autoencoder, config = load_autoencoder(ckpt), autoencoder_config(ckpt)
     return autoencoder.eval().requires_grad_(False), config
-
-
-def autoencoder_config_of(ckpt: str) -> dict:
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    config = hparams.get("autoencoder")
-    if not isinstance(config, dict) or "class_path" not in config:
-        raise ValueError(f"{ckpt}: its hyperparameters do not describe the autoencoder (train it with `native3d fit`)")
-    return config
