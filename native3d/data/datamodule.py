@@ -6,14 +6,23 @@ does not set for spawned processes), split again over loader workers, shuffled i
 seed that differs per rank, worker and epoch. Each rank yields exactly `batches_per_epoch` batches,
 so DDP ranks never wait on each other at the end of an epoch. Validation reads every sample once,
 in order, split over ranks and workers.
+
+A damaged shard (see `native3d.data.shards`) stops the run, naming the shard. With
+`on_corrupt_shard="skip"` the rest of that shard is skipped instead: each skip is logged and
+recorded as a line of `skipped_shards.jsonl` in the run folder, and a skipped shard is not drawn
+again. A stream whose shards hold no sample is an error when it starts, never an endless wait.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -21,8 +30,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from native3d.data.schema import LATENT_SAMPLE_KEYS, Sizes, validate_latent_sample
-from native3d.data.shards import ShardIndex, decode_members, decode_sample, load_index, sample_location
+from native3d.data.schema import LATENT_SAMPLE_KEYS, DamagedShardError, SchemaError, Sizes, validate_latent_sample
+from native3d.data.shards import ShardIndex, decode_members, decode_sample, load_index, read_shard, sample_location
+from native3d.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +110,21 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int = 256,
         batches_per_epoch: int = 100,
         seed: int = 0,
+        on_corrupt_shard: Literal["stop", "skip"] = "stop",
+        skip_log: Path | None = None,
     ) -> None:
+        if index.num_samples == 0:
+            raise InputError(f"{index.root}: its shards hold no samples; nothing to read")
         self.index, self.batch_size, self.train = index, batch_size, train
         self.convert, self.shuffle_buffer = convert, shuffle_buffer
         self.batches_per_epoch, self.seed = batches_per_epoch, seed
+        self.on_corrupt_shard, self.skip_log = on_corrupt_shard, skip_log
         self.rank, self.world_size = 0, 1
+        self.skipped: set[str] = set()  # per loader worker: each holds its own copy of the stream
 
     def set_rank(self, rank: int, world_size: int) -> None:
         if self.train and len(self.index.urls) < world_size:
-            raise ValueError(f"{self.index.root}: {len(self.index.urls)} shards cannot be split over {world_size} ranks; build smaller shards")
+            raise InputError(f"{self.index.root}: {len(self.index.urls)} shards cannot be split over {world_size} ranks; build smaller shards")
         self.rank, self.world_size = rank, world_size
 
     def rank_urls(self) -> list[str]:
@@ -133,8 +149,23 @@ class ShardStream(IterableDataset):
         yield from (self.train_batches(urls, worker, workers, int(seed)) if self.train else self.val_batches(urls, 0))
 
     def samples(self, urls: Sequence[str], rng: np.random.Generator) -> Iterator[dict]:
-        for raw in wds.WebDataset(list(urls), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
-            yield self.convert(raw, rng)
+        counts = self.index.counts
+        for url in urls:
+            try:
+                for raw in read_shard(url, counts[url], self.index.repair_hint):
+                    yield self.convert(raw, rng)
+            except SchemaError as error:  # a damaged shard, or one sample of it cut short
+                if self.on_corrupt_shard != "skip":
+                    raise
+                self.skip(url, error)
+
+    def skip(self, url: str, error: SchemaError) -> None:
+        self.skipped.add(url)
+        log.warning("skipping the rest of a damaged shard: %s", error)
+        if self.skip_log is not None:
+            line = json.dumps({"shard": url, "reason": str(error), "rank": self.rank, "pid": os.getpid()})
+            with open(self.skip_log, "a", encoding="utf-8") as file:  # one short line: an atomic append
+                file.write(line + "\n")
 
     def train_batches(self, urls: list[str], worker: int, workers: int, seed: int) -> Iterator[dict]:
         count = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
@@ -151,9 +182,18 @@ class ShardStream(IterableDataset):
                 batch, count = [], count - 1
 
     def resampled(self, urls: list[str], rng: np.random.Generator, pick: random.Random) -> Iterator[dict]:
-        """Samples of shards drawn with replacement, forever."""
-        while True:
-            yield from self.samples([pick.choice(urls)], rng)
+        """Samples of shards drawn with replacement, forever; only shards that hold samples are drawn,
+        so every draw yields a sample, raises, or (skipped) leaves the draw."""
+        counts = self.index.counts
+        live = [url for url in urls if counts[url] > 0]
+        if not live:
+            raise InputError(f"{self.index.root}: rank {self.rank} reads {len(urls)} shards and none holds a sample: {', '.join(urls)}")
+        while live:
+            url = pick.choice(live)
+            yield from self.samples([url], rng)
+            if url in self.skipped:
+                live.remove(url)
+        raise DamagedShardError(f"{self.index.root}: every shard this loader reads is damaged: {', '.join(sorted(self.skipped))}")
 
     def val_batches(self, urls: list[str], seed: int) -> Iterator[dict]:
         batch: list[dict] = []
@@ -169,7 +209,7 @@ class ShardStream(IterableDataset):
 def hold_out(index: ShardIndex, count: int) -> tuple[ShardIndex, ShardIndex]:
     """Splits off the last `count` shards of a set as its held-out part."""
     if count >= len(index.shards):
-        raise ValueError(f"{index.root}: cannot hold out {count} of {len(index.shards)} shards")
+        raise InputError(f"{index.root}: cannot hold out {count} of {len(index.shards)} shards")
     return replace(index, shards=index.shards[:-count]), replace(index, shards=index.shards[-count:])
 
 
@@ -195,6 +235,7 @@ class ShardDataModule(L.LightningDataModule):
         shuffle_buffer: int = 256,
         batches_per_epoch: int = 1000,
         seed: int = 0,
+        on_corrupt_shard: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -203,7 +244,7 @@ class ShardDataModule(L.LightningDataModule):
         if self.val_index is None and val_shards > 0:
             self.train_index, self.val_index = hold_out(self.train_index, val_shards)
         if surface_points is not None and not 0 < surface_points <= self.sizes.surface_points:
-            raise ValueError(f"{train}: surface_points={surface_points}, but its shapes hold {self.sizes.surface_points} surface points")
+            raise InputError(f"{train}: surface_points={surface_points}, but its shapes hold {self.sizes.surface_points} surface points")
 
     @property
     def sizes(self):
@@ -224,9 +265,20 @@ class ShardDataModule(L.LightningDataModule):
     def stream(self, index: ShardIndex, train: bool) -> ShardStream:
         hp = self.hparams
         convert = self.converter(index, train)
-        stream = ShardStream(index, hp.batch_size, train, convert, hp.shuffle_buffer, hp.batches_per_epoch, hp.seed)
+        stream = ShardStream(
+            index, hp.batch_size, train, convert, hp.shuffle_buffer, hp.batches_per_epoch, hp.seed,
+            on_corrupt_shard=hp.on_corrupt_shard, skip_log=self.skip_log(),
+        )  # fmt: skip
         stream.set_rank(*self.rank_and_world_size())
         return stream
+
+    def skip_log(self) -> Path | None:
+        """`skipped_shards.jsonl` in the run folder, where shards skipped as damaged are recorded."""
+        folder = self.trainer.log_dir if self.trainer is not None else None
+        if self.hparams.on_corrupt_shard != "skip" or folder is None:
+            return None
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return Path(folder) / "skipped_shards.jsonl"
 
     def statistics_batches(self, count: int) -> Iterator[dict]:
         """`count` training batches read in this process (no loader workers), e.g. for latent statistics."""
@@ -260,13 +312,14 @@ class LatentDataModule(ShardDataModule):
         shuffle_buffer: int = 256,
         batches_per_epoch: int = 1000,
         seed: int = 0,
+        on_corrupt_shard: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__(
             train, val, val_shards, batch_size, num_workers, query_points=None,
-            shuffle_buffer=shuffle_buffer, batches_per_epoch=batches_per_epoch, seed=seed,
+            shuffle_buffer=shuffle_buffer, batches_per_epoch=batches_per_epoch, seed=seed, on_corrupt_shard=on_corrupt_shard,
         )  # fmt: skip
         if self.train_index.kind != "latent":
-            raise ValueError(f"{self.train_index.root} is not a latent shard set; run `native3d encode` first")
+            raise InputError(f"{self.train_index.root} is not a latent shard set; run `native3d encode` first")
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

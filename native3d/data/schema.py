@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from native3d.errors import InputError
+
 SCHEMA_VERSION = 1
 
 NORMALIZED_HALF_EXTENT = 0.9  # longest bounding-box side spans [-0.9, 0.9]
@@ -45,13 +47,13 @@ class Sizes:
     def __post_init__(self) -> None:
         for name in ("surface_points", "grid_resolution", "query_points", "view_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"Sizes.{name} must be positive, got {getattr(self, name)}")
+                raise InputError(f"Sizes.{name} must be positive, got {getattr(self, name)}")
         if self.views < 0:
-            raise ValueError(f"Sizes.views must be >= 0, got {self.views}")
+            raise InputError(f"Sizes.views must be >= 0, got {self.views}")
         if self.grid_resolution < 2:
-            raise ValueError("Sizes.grid_resolution must be at least 2")
+            raise InputError("Sizes.grid_resolution must be at least 2")
         if self.truncation <= 0:
-            raise ValueError("Sizes.truncation must be positive")
+            raise InputError("Sizes.truncation must be positive")
         object.__setattr__(self, "near_surface_sigmas", tuple(float(s) for s in self.near_surface_sigmas))
 
     def to_dict(self) -> dict:
@@ -108,8 +110,12 @@ def index_to_coord(index: np.ndarray, resolution: int) -> np.ndarray:
     return -1.0 + 2.0 * np.asarray(index, dtype=np.float64) / (resolution - 1)
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A sample that does not match the schema; the message names the shard, key and reason."""
+
+
+class DamagedShardError(SchemaError):
+    """A shard whose tar is cut, overwritten or missing, or holds other samples than its index says."""
 
 
 def validate_sample(sample: dict, sizes: Sizes, where: str) -> None:

@@ -3,6 +3,13 @@
 Writers commit a shard atomically (a temporary name, then `os.replace`), so a reader never sees a
 partial tar. Readers decode every array, validate it against the schema, and raise a
 `SchemaError` naming the shard and key of a malformed sample; they never skip or replace one.
+
+A shard can still be damaged after it was written (a full disk, an interrupted copy, a bad sync).
+Python's tarfile takes a cut or overwritten header after the first member for the end of the
+archive, so a reader alone would see a shorter shard and say nothing. Every reader therefore
+checks each shard against the sample count its `index.json` records (`read_shard`), `load_index`
+checks that every listed shard exists (and has the recorded size), and `shard_keys` checks a tar's
+end-of-archive marker; each raises `DamagedShardError` naming the shard.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ import webdataset as wds
 from native3d.data.schema import (
     SAMPLE_KEYS,
     SCHEMA_VERSION,
+    DamagedShardError,
     SchemaError,
     Sizes,
     encode_json,
     validate_sample,
 )
+from native3d.errors import MissingFileError
 
 # webdataset splits "<key>.<field>" at the first dot of a member name, so keys carry no dots.
 VALID_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -81,14 +90,54 @@ class AtomicShardWriter:
 
 
 def shard_keys(path: str | os.PathLike) -> list[str]:
-    """The sample keys in a shard, in order, read from the tar headers only."""
+    """The sample keys in a shard, in order, read from the tar headers only.
+
+    Raises `DamagedShardError` where the tar cannot be read, a member's data runs past the end of
+    the file, or the members are not followed by the end-of-archive marker (two zero blocks): a tar
+    cut at a header, or with a header overwritten, ends early without one.
+    """
+    path = Path(path)
+    size = path.stat().st_size
     keys: list[str] = []
-    with tarfile.open(path) as tar:
-        for member in tar:
-            key = member.name.split("/")[-1].split(".", 1)[0]
-            if not keys or keys[-1] != key:
-                keys.append(key)
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.offset_data + member.size > size:
+                    raise DamagedShardError(f"shard {path}: member {member.name} is cut off at byte {size}")
+                key = member.name.split("/")[-1].split(".", 1)[0]
+                if not keys or keys[-1] != key:
+                    keys.append(key)
+            end = tar.offset
+    except tarfile.TarError as error:
+        raise DamagedShardError(f"shard {path}: not a readable tar ({tar_reason(error)})") from error
+    with open(path, "rb") as file:
+        file.seek(end)
+        marker = file.read(2 * tarfile.BLOCKSIZE)
+    if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+        raise DamagedShardError(f"shard {path}: the tar ends at byte {end} without its end-of-archive marker, after {len(keys)} samples")
     return keys
+
+
+def tar_reason(error: Exception) -> str:
+    # tarfile errors raised through webdataset carry (message, stream, url) as their args.
+    return str(error.args[0]) if error.args else type(error).__name__
+
+
+def read_shard(url: str, expected: int, hint: str = "") -> Iterator[dict]:
+    """The raw samples of one shard, in order, checked against the `expected` count of its index.
+
+    A shard that cannot be read to its end, or holds another number of samples, raises
+    `DamagedShardError` (after the samples read before the damage); `hint` says how to repair it.
+    """
+    found = 0
+    try:
+        for raw in wds.WebDataset(url, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
+            found += 1
+            yield raw
+    except (tarfile.TarError, OSError) as error:
+        raise DamagedShardError(f"shard {url}: unreadable after {found} of {expected} samples ({tar_reason(error)}){hint}") from error
+    if found != expected:
+        raise DamagedShardError(f"shard {url}: its index records {expected} samples, the tar holds {found}{hint}")
 
 
 def decode_members(raw: dict, names: tuple[str, ...]) -> dict:
@@ -148,19 +197,51 @@ class ShardIndex:
     def num_samples(self) -> int:
         return sum(count for _, count in self.shards)
 
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.shards)
+
+    @property
+    def repair_hint(self) -> str:
+        """How to mend a damaged shard of this set, as the tail of an error message."""
+        if self.kind == "latent":
+            return f"; rerun `native3d encode --out {self.root}` to encode it again"
+        return f"; run `python -m data_prep build --repair --out {self.root}` with the build's options, then `data_prep index`"
+
+
+def shard_entry(path: Path, count: int) -> dict:
+    """A shard's line in `index.json`: its name, sample count and size in bytes."""
+    return {"url": path.name, "count": count, "bytes": path.stat().st_size}
+
 
 def load_index(path: str | os.PathLike) -> ShardIndex:
-    """Reads `index.json` (or the folder holding it)."""
+    """Reads `index.json` (or the folder holding it) and checks that every shard it lists is there."""
     path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path}: no such shard set (a folder holding index.json, or the index.json itself)")
     if path.is_dir():
         path = path / "index.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no index.json; run `python -m data_prep index --out {path.parent}`")
-    info = json.loads(path.read_text())
+        raise MissingFileError(f"{path.parent}: holds no index.json; run `python -m data_prep index --out {path.parent}`")
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SchemaError(f"{path}: not a readable index.json ({error})") from error
     if info.get("schema_version") != SCHEMA_VERSION:
         raise SchemaError(f"{path}: schema_version {info.get('schema_version')}, this code reads {SCHEMA_VERSION}")
     shards = tuple((str(path.parent / s["url"]), int(s["count"])) for s in info["shards"])
-    return ShardIndex(root=path.parent, shards=shards, info=info)
+    index = ShardIndex(root=path.parent, shards=shards, info=info)
+    for entry in info["shards"]:
+        check_shard_file(path.parent / entry["url"], entry.get("bytes"), f"{path} lists", index.repair_hint)
+    return index
+
+
+def check_shard_file(shard: Path, expected_bytes: int | None, where: str, hint: str) -> None:
+    if not shard.is_file():
+        raise DamagedShardError(f"{where} shard {shard.name}, which does not exist{hint}")
+    size = shard.stat().st_size
+    if expected_bytes is not None and size != expected_bytes:
+        raise DamagedShardError(f"shard {shard}: {size} bytes, its index records {expected_bytes}{hint}")
 
 
 def write_index(folder: Path, info: dict) -> None:
@@ -174,7 +255,7 @@ def iter_samples(index: ShardIndex | str | os.PathLike, urls: list[str] | None =
     """Every sample of a shard set (or of the given shards of it) once, in order, decoded and validated."""
     if not isinstance(index, ShardIndex):
         index = load_index(index)
-    dataset = wds.WebDataset(urls or index.urls, shardshuffle=False, empty_check=False).map(
-        lambda raw: decode_sample(raw, index.sizes)
-    )
-    yield from dataset
+    counts = index.counts
+    for url in urls or index.urls:
+        for raw in read_shard(url, counts[url], index.repair_hint):
+            yield decode_sample(raw, index.sizes)
