@@ -5,6 +5,9 @@ exactly once whatever order the source yields them in. K worker processes run
 `data_prep.stages.process_item`; the main process writes shards and the ledger. A rerun of a killed
 job skips the objects its ledger holds (see `data_prep.ledger`), removes leftover temporary shards,
 and continues numbering after every shard it ever named, so nothing is lost or written twice.
+With `repair`, the job first sets aside its shards that no longer hold what the ledger recorded
+(`data_prep.integrity`), so their objects are built again. The job writes nothing (no manifest, no
+folder) until its source has listed its objects, so a source that fails to start leaves no trace.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_prep.integrity import set_aside_damaged
 from data_prep.ledger import Ledger, job_name, ledger_path, shard_name
 from data_prep.sources import MeshItem
 from data_prep.stages import ObjectResult, process_item
 from native3d.data.schema import SCHEMA_VERSION, Sizes
 from native3d.data.shards import VALID_KEY, AtomicShardWriter
+from native3d.errors import InputError
 from native3d.geometry.mesh import DEFAULT_MAX_FACES
 
 log = logging.getLogger(__name__)
@@ -43,13 +48,14 @@ class BuildConfig:
     max_faces: int = DEFAULT_MAX_FACES
     seed: int = 0  # mixed with each object id to seed its sampling
     retry_failed: bool = False
+    repair: bool = False  # set aside damaged shards first, so their objects are built again
     source: dict = field(default_factory=dict)  # how the items were selected, for the manifest
 
     def __post_init__(self) -> None:
         if not 0 <= self.job_index < self.num_jobs:
-            raise ValueError(f"--job-index must be in [0, {self.num_jobs}), got {self.job_index}")
+            raise InputError(f"--job-index must be in [0, {self.num_jobs}), got {self.job_index}")
         if self.workers < 1 or self.shard_size < 1:
-            raise ValueError("--workers and --shard-size must be at least 1")
+            raise InputError("--workers and --shard-size must be at least 1")
 
 
 @dataclass
@@ -59,11 +65,13 @@ class BuildSummary:
     skipped: int = 0  # already in the ledger from an earlier run
     shards: int = 0
     seconds: float = 0.0
+    set_aside: int = 0  # damaged shards renamed to <name>.damaged by a repair
 
     def line(self, job: str) -> str:
+        repaired = f", {self.set_aside} damaged shards set aside" if self.set_aside else ""
         return (
             f"job {job}: {self.ok} ok, {self.failed} failed, {self.skipped} already done, "
-            f"{self.shards} shards written in {self.seconds:.1f}s"
+            f"{self.shards} shards written in {self.seconds:.1f}s{repaired}"
         )
 
 
@@ -74,18 +82,22 @@ def job_of(object_id: str, num_jobs: int) -> int:
 
 def run_build(items: Iterable[MeshItem], config: BuildConfig) -> BuildSummary:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out, config)
-    for leftover in out.glob(f"{job_name(config.job_index)}-*.tar.tmp"):
-        leftover.unlink()
+    manifest = job_manifest(config)
+    check_manifest(out, manifest)
     ledger = Ledger(ledger_path(out, config.job_index))
     ledger.repair()
+    summary = BuildSummary()
+    if config.repair:
+        summary.set_aside = len(set_aside_damaged(out, config.job_index))
     done = ledger.latest()
     if config.retry_failed:
         done = {k: v for k, v in done.items() if v["status"] == "ok"}
-    summary = BuildSummary()
     start = time.perf_counter()
     todo = list(select_items(items, config, done, summary))
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, manifest)
+    for leftover in out.glob(f"{job_name(config.job_index)}-*.tar.tmp"):
+        leftover.unlink()
     writer = ShardSequence(out, config, ledger, summary)
     for result in tqdm(process_all(todo, config), total=len(todo), desc=f"job {job_name(config.job_index)}", unit="obj"):
         if result.ok:
@@ -108,9 +120,9 @@ def select_items(
         if job_of(item.id, config.num_jobs) != config.job_index:
             continue
         if not VALID_KEY.match(item.id):
-            raise ValueError(f"object id {item.id!r} ({item.path}) may hold only letters, digits, '_' and '-'")
+            raise InputError(f"object id {item.id!r} ({item.path}) may hold only letters, digits, '_' and '-'")
         if item.id in seen:
-            raise ValueError(f"the source yields object id {item.id!r} twice ({item.path})")
+            raise InputError(f"the source yields object id {item.id!r} twice ({item.path})")
         seen.add(item.id)
         if item.id in done:
             summary.skipped += 1
@@ -191,10 +203,8 @@ def manifest_path(out: Path, job_index: int) -> Path:
     return out / f"build-{job_name(job_index)}.json"
 
 
-def write_manifest(out: Path, config: BuildConfig) -> None:
-    """Records the job's sizes; a rerun with other sizes is refused rather than mixed in."""
-    path = manifest_path(out, config.job_index)
-    manifest = {
+def job_manifest(config: BuildConfig) -> dict:
+    return {
         "schema_version": SCHEMA_VERSION,
         "sizes": config.sizes.to_dict(),
         "job_index": config.job_index,
@@ -202,11 +212,23 @@ def write_manifest(out: Path, config: BuildConfig) -> None:
         "seed": config.seed,
         "source": config.source,
     }
+
+
+def check_manifest(out: Path, manifest: dict) -> None:
+    """A rerun with other sizes (or seed, or job count) is refused rather than mixed in."""
+    path = manifest_path(out, manifest["job_index"])
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    for key in ("schema_version", "sizes", "num_jobs", "seed"):
+        if json.loads(json.dumps(manifest[key])) != previous.get(key):
+            raise InputError(f"{path}: {key} was {previous.get(key)}, this run asks for {manifest[key]}; use another --out")
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    """Records the job's sizes, once."""
+    path = manifest_path(out, manifest["job_index"])
     if path.exists():
-        previous = json.loads(path.read_text())
-        for key in ("schema_version", "sizes", "num_jobs", "seed"):
-            if json.loads(json.dumps(manifest[key])) != previous.get(key):
-                raise ValueError(f"{path}: {key} was {previous.get(key)}, this run asks for {manifest[key]}; use another --out")
         return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))

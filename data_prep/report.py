@@ -1,4 +1,6 @@
-"""`report`: what a build produced: counts, failure reasons grouped, per-stage timing percentiles."""
+"""`report`: what a build produced: counts, failure reasons grouped, per-stage timing percentiles,
+and the shards that no longer hold what the ledger recorded (`data_prep.integrity`): their objects
+count as damaged, not ok, until `data_prep build --repair` builds them again."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.integrity import check_shards, repair_hint
 from data_prep.ledger import read_ledgers
 
 PERCENTILES = (50, 90, 99)
@@ -15,6 +18,8 @@ PERCENTILES = (50, 90, 99)
 
 def build_report(out: str | os.PathLike) -> dict:
     entries = list(read_ledgers(Path(out)).values())
+    damaged = check_shards(Path(out)).damaged
+    in_damaged = sum(d.objects for d in damaged)
     failed = [e for e in entries if e["status"] == "failed"]
     reasons = Counter(e["reason"] for e in failed)
     examples: dict[str, list[str]] = defaultdict(list)
@@ -33,8 +38,11 @@ def build_report(out: str | os.PathLike) -> dict:
     }
     return {
         "objects": len(entries),
-        "ok": len(entries) - len(failed),
+        "ok": len(entries) - len(failed) - in_damaged,
         "failed": len(failed),
+        "damaged": in_damaged,
+        "damaged_shards": {d.shard: d.reason for d in damaged},
+        "repair": repair_hint(Path(out)) if damaged else None,
         "failure_reasons": dict(reasons.most_common()),
         "failure_examples": dict(examples),
         "timings": timings,
@@ -42,7 +50,10 @@ def build_report(out: str | os.PathLike) -> dict:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"objects: {report['objects']}  ok: {report['ok']}  failed: {report['failed']}"]
+    lines = [f"objects: {report['objects']}  ok: {report['ok']}  failed: {report['failed']}  damaged: {report['damaged']}"]
+    if report["damaged_shards"]:
+        lines.append(f"damaged shards ({report['damaged']} objects in them); {report['repair']}:")
+        lines.extend(f"  {shard}: {reason}" for shard, reason in report["damaged_shards"].items())
     if report["failure_reasons"]:
         lines.append("failures by reason:")
         for reason, count in report["failure_reasons"].items():

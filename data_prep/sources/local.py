@@ -15,6 +15,7 @@ from itertools import islice
 
 from data_prep.sources import MeshItem, path_id
 from data_prep.sources.captions import read_captions_csv
+from native3d.errors import InputError, MissingFileError
 from native3d.geometry.mesh import MESH_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,12 @@ def iter_local(root: str, captions_csv: str | None = None, limit: int | None = N
     """Yields the mesh files under `root` (recursively), sorted by relative path."""
     root = os.path.abspath(root)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"mesh folder {root} does not exist")
+        raise MissingFileError(f"mesh folder {root} does not exist")
+    found = find_mesh_files(root)
+    if not found:
+        raise InputError(f"{root}: no mesh files below it (looked for {', '.join(MESH_EXTENSIONS)})")
     captions = read_captions_csv(captions_csv) if captions_csv else {}
-    for relpath in islice(find_mesh_files(root), limit):
+    for relpath in islice(found, limit):
         path = os.path.join(root, relpath)
         meta = {"source": "local", "relpath": relpath}
         yield MeshItem(id=path_id(path, root), path=path, caption=_caption(relpath, captions), meta=meta)
