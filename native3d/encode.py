@@ -1,8 +1,10 @@
 """`native3d encode`: a shape shard set to a latent shard set with a trained autoencoder.
 
 Output shard i holds the latents of input shard i, so a shard is the unit of work: each is written
-under a temporary name and renamed when complete, and a rerun skips the shards that exist. A
-manifest records the checkpoint, so a rerun with another autoencoder is refused rather than mixed.
+under a temporary name and renamed when complete, and a rerun skips the shards that exist and hold
+as many samples as their input shard (one that does not is encoded again). A manifest records the
+autoencoder by the digest of its weights, so a rerun whose checkpoint changed (a `last.ckpt` that
+trained on) is refused rather than mixing two latent spaces in one set.
 """
 
 from __future__ import annotations
@@ -18,24 +20,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from native3d.checkpoints import load_autoencoder, read_checkpoint, weights_digest
 from native3d.data.datamodule import collate, sample_to_tensors
-from native3d.data.schema import SCHEMA_VERSION
-from native3d.data.shards import AtomicShardWriter, iter_samples, load_index, shard_keys, write_index
+from native3d.data.schema import SCHEMA_VERSION, DamagedShardError
+from native3d.data.shards import AtomicShardWriter, iter_samples, load_index, shard_entry, shard_keys, write_index
+from native3d.errors import InputError
 
 log = logging.getLogger(__name__)
 
-
-def load_autoencoder(ckpt: str | os.PathLike, device: str = "cpu"):
-    """The autoencoder of an `AutoencoderModule` checkpoint, in eval mode."""
-    from native3d.training.autoencoder import AutoencoderModule
-
-    if not Path(ckpt).is_file():
-        raise FileNotFoundError(f"{ckpt}: no such checkpoint")
-    try:
-        module = AutoencoderModule.load_from_checkpoint(ckpt, map_location=device)
-    except (KeyError, TypeError, RuntimeError) as error:
-        raise ValueError(f"{ckpt} is not an autoencoder checkpoint: {type(error).__name__}: {error}") from error
-    return module.autoencoder.eval()
+IDENTITY = ("autoencoder_weights", "data", "latent_shape")  # what a rerun into the same folder must match
 
 
 def batched(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
@@ -67,20 +60,40 @@ def encode_shard_set(ckpt: str, data: str, out: str, batch_size: int = 16, devic
     autoencoder = load_autoencoder(ckpt, device)
     index = load_index(data)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = {"autoencoder": str(Path(ckpt).resolve()), "data": str(index.root.resolve()), "latent_shape": list(autoencoder.latent_shape)}
+    manifest = {
+        "autoencoder": str(Path(ckpt).resolve()), "autoencoder_weights": weights_digest(autoencoder),
+        "autoencoder_step": read_checkpoint(ckpt).get("global_step"), "data": str(index.root.resolve()),
+        "latent_shape": list(autoencoder.latent_shape),
+    }  # fmt: skip
     check_manifest(out / "encode.json", manifest)
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out / "encode.json", manifest)
     for leftover in out.glob("*.tar.tmp"):
         leftover.unlink()
     shards = []
-    for url, _ in tqdm(index.shards, desc="encode", unit="shard"):
+    for url, count in tqdm(index.shards, desc="encode", unit="shard"):
         target = out / Path(url).name
-        count = encode_shard(autoencoder, index, url, target, batch_size) if not target.exists() else None
-        shards.append({"url": target.name, "count": count if count is not None else len(shard_keys(target))})
+        if not encoded_already(target, count):
+            encode_shard(autoencoder, index, url, target, batch_size)
+        shards.append(shard_entry(target, count))
     info = {"schema_version": SCHEMA_VERSION, "kind": "latent", **manifest, "shards": shards,
             "num_samples": sum(s["count"] for s in shards), "latent_normalization": latent_normalization(autoencoder)}  # fmt: skip
     write_index(out, info)
     return info
+
+
+def encoded_already(target: Path, count: int) -> bool:
+    """Whether an output shard of an earlier run exists and holds its input shard's `count` samples."""
+    if not target.exists():
+        return False
+    try:
+        found = len(shard_keys(target))
+    except DamagedShardError as error:
+        log.warning("encoding %s again: %s", target, error)
+        return False
+    if found != count:
+        log.warning("encoding %s again: it holds %d latents, its input shard %d samples", target, found, count)
+    return found == count
 
 
 def latent_normalization(autoencoder) -> dict:
@@ -88,10 +101,25 @@ def latent_normalization(autoencoder) -> dict:
 
 
 def check_manifest(path: Path, manifest: dict) -> None:
+    """Refuses a folder that holds latents of another autoencoder (by weights) or another shard set."""
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    for key in IDENTITY:
+        if previous.get(key) != manifest[key]:
+            raise InputError(
+                f"{path.parent} holds latents of {describe(previous)}, not of {describe(manifest)} (its {key} differs); "
+                f"use another --out, or delete {path.parent} to encode from scratch"
+            )
+
+
+def describe(manifest: dict) -> str:
+    weights = (manifest.get("autoencoder_weights") or "unrecorded")[:12]
+    return f"autoencoder {manifest.get('autoencoder')} (weights {weights}, step {manifest.get('autoencoder_step')}) on {manifest.get('data')}"
+
+
+def write_manifest(path: Path, manifest: dict) -> None:
     if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != manifest:
-            raise ValueError(f"{path}: this folder holds latents of {previous}, not {manifest}; use another --out")
         return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))

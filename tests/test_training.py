@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,23 +11,28 @@ import pytest
 import torch
 
 from native3d.cli import main as native3d
-from native3d.data.shards import iter_samples, load_index
+from native3d.data.datamodule import LatentDataModule
+from native3d.data.schema import DamagedShardError
+from native3d.data.shards import iter_samples, load_index, shard_keys
 from native3d.encode import encode_shard_set
+from native3d.errors import InputError
 from native3d.training.autoencoder import AutoencoderModule
 from native3d.training.checks import NonFiniteLossError, check_finite
+
+from test_damaged_shards import load_index_without_sizes, overwrite_a_header
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def fit(model_config: str, shards: Path, out: Path, steps: int, extra: list[str] = ()) -> Path:
-    native3d([
+    assert native3d([
         "fit", "--config", str(CONFIGS / "autoencoder" / model_config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
         "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(shards), "--data.val_shards", "1",
         "--data.batch_size", "4", "--data.num_workers", "0", "--data.query_points", "512", "--data.shuffle_buffer", "8",
         "--data.batches_per_epoch", str(steps), "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
         "--model.init_args.stats_batches", "2", "--model.init_args.mesh_resolution", "32", "--seed_everything", "0", *extra,
-    ])  # fmt: skip
+    ]) == 0  # fmt: skip
     return next(out.rglob("last.ckpt"))
 
 
@@ -53,13 +59,37 @@ def test_fit_lowers_the_loss_and_the_checkpoint_reloads_and_encodes(config, prim
     assert again["shards"] == info["shards"], "a rerun reuses the finished shards"
 
 
-def test_encode_refuses_a_folder_of_other_latents(primitive_shards, tmp_path):
+def test_encode_resumes_only_with_the_same_weights_and_re_encodes_a_damaged_shard(primitive_shards, tmp_path):
     ckpt = fit("triplane_tiny.yaml", primitive_shards, tmp_path / "a", steps=4)
-    encode_shard_set(str(ckpt), str(primitive_shards), str(tmp_path / "latents"))
-    other = tmp_path / "b.ckpt"
-    other.write_bytes(ckpt.read_bytes())
-    with pytest.raises(ValueError, match="another --out"):
-        encode_shard_set(str(other), str(primitive_shards), str(tmp_path / "latents"))
+    latents = tmp_path / "latents"
+    first = encode_shard_set(str(ckpt), str(primitive_shards), str(latents))
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(ckpt.read_bytes())
+    assert encode_shard_set(str(copy), str(primitive_shards), str(latents))["shards"] == first["shards"], \
+        "the same weights under another path are the same autoencoder"  # fmt: skip
+
+    shard = latents / first["shards"][1]["url"]
+    os.truncate(shard, shard.stat().st_size // 2)
+    with pytest.raises(DamagedShardError, match=shard.name):
+        load_index(latents)
+    again = encode_shard_set(str(ckpt), str(primitive_shards), str(latents))
+    assert again["shards"] == first["shards"] and len(list(iter_latent_keys(latents))) == 24, "the cut shard is encoded again"
+    overwrite_a_header(shard)
+    with pytest.raises(DamagedShardError, match=rf"{shard.name}: its index records 4 samples, the tar holds 2"):
+        list(LatentDataModule(str(load_index_without_sizes(latents).root), val=str(latents), num_workers=0).val_dataloader())
+
+    moved_on = torch.load(ckpt, map_location="cpu", weights_only=False)  # what a `last.ckpt` that trained on holds
+    name = next(k for k in moved_on["state_dict"] if k.startswith("autoencoder.") and moved_on["state_dict"][k].is_floating_point())
+    moved_on["state_dict"][name] = moved_on["state_dict"][name] + 1.0
+    torch.save(moved_on, ckpt)
+    with pytest.raises(InputError, match=rf"holds latents of autoencoder .*weights .*autoencoder_weights differs.*delete {latents}"):
+        encode_shard_set(str(ckpt), str(primitive_shards), str(latents))
+
+
+def iter_latent_keys(folder: Path):
+    index = load_index(folder)
+    for url, count in index.shards:
+        yield from shard_keys(url)
 
 
 def test_a_non_finite_loss_names_the_batch_objects():
