@@ -6,7 +6,6 @@ Kept free of heavy imports: building the parser must not load torch.
 from __future__ import annotations
 
 import argparse
-import sys
 
 FORMATS = ("glb", "obj", "ply")
 

@@ -13,7 +13,7 @@ import torch
 from native3d.cli import main as native3d
 from native3d.data.datamodule import LatentDataModule
 from native3d.data.schema import DamagedShardError
-from native3d.data.shards import iter_samples, load_index, shard_keys
+from native3d.data.shards import load_index, shard_keys
 from native3d.encode import encode_shard_set
 from native3d.errors import InputError
 from native3d.training.autoencoder import AutoencoderModule

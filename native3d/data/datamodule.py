@@ -27,7 +27,6 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from native3d.data.schema import LATENT_SAMPLE_KEYS, DamagedShardError, SchemaError, Sizes, validate_latent_sample
@@ -220,7 +219,8 @@ class ShardDataModule(L.LightningDataModule):
     Training reads a fresh random subset of `query_points` queries and, if set, of `surface_points`
     surface points of every shape each time it reads the shape: a point encoder then never sees the
     same input cloud twice, as 3DShape2VecSet draws its input from a larger surface sample.
-    Validation reads every query and surface point.
+    Validation reads every query and surface point. `on_corrupt_shard` says what a damaged shard
+    does: "stop" the run (the default) or "skip" the rest of it, recorded in `skipped_shards.jsonl`.
     """
 
     def __init__(
