@@ -25,7 +25,7 @@ from jaxtyping import Float, UInt8
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from native3d.errors import InputError, MissingFileError
+from native3d.errors import InputError
 from native3d.geometry.mesh import MESH_EXTENSIONS, MeshError, load_mesh, normalize
 from native3d.geometry.render import fixed_cameras, render_views
 from native3d.nn.attention import TransformerBlock
@@ -168,7 +168,7 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
             opened.load()  # decode now, so a truncated file fails here and not later
             image = _composite_on_white(opened)
     except (FileNotFoundError, IsADirectoryError) as error:
-        raise MissingFileError(f"{path}: no such image file") from error
+        raise InputError(f"{path}: no such image file") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:  # PIL's decode errors
         raise InputError(f"{path}: not a readable image ({type(error).__name__}: {error})") from error
     side = max(image.size)
