@@ -46,22 +46,36 @@ def sphere_batch(batch_size: int, sizes: Sizes, queries: int, seed: int) -> dict
     g = torch.Generator().manual_seed(seed)
     centres = 0.2 * (torch.rand(batch_size, 1, 3, generator=g) * 2 - 1)
     radii = 0.3 + 0.4 * torch.rand(batch_size, 1, 1, generator=g)
-    normals = torch.nn.functional.normalize(torch.randn(batch_size, sizes.surface_points, 3, generator=g), dim=-1)
+    normals = torch.nn.functional.normalize(
+        torch.randn(batch_size, sizes.surface_points, 3, generator=g), dim=-1
+    )
     surface = torch.cat([centres + radii * normals, normals], dim=-1)  # (B, N, 6)
 
     def sdf(points: torch.Tensor) -> torch.Tensor:  # (B, ..., 3) -> (B, ...)
         shape = (batch_size, *[1] * (points.ndim - 2))
-        return ((points - centres.view(*shape, 3)).norm(dim=-1) - radii.view(shape)).clamp(-sizes.truncation, sizes.truncation)
+        return ((points - centres.view(*shape, 3)).norm(dim=-1) - radii.view(shape)).clamp(
+            -sizes.truncation, sizes.truncation
+        )
 
     R = sizes.grid_resolution
     axis = torch.as_tensor(grid_coords(R), dtype=torch.float32)
-    grid = sdf(torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).expand(batch_size, R, R, R, 3))
+    grid = sdf(
+        torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).expand(batch_size, R, R, R, 3)
+    )
     planes = [torch.stack([grid.amin(a), (grid < 0).float().mean(a)], dim=1) for a in (3, 2, 1)]  # xy, xz, yz
     uniform = torch.rand(batch_size, queries // 2, 3, generator=g) * 2 - 1
     near = surface[:, : queries // 2, :3] + 0.02 * torch.randn(batch_size, queries // 2, 3, generator=g)
     points = torch.cat([uniform, near], dim=1)
-    tensors = dict(surface=surface, sdf=grid, triplane=torch.stack(planes, dim=1), query=torch.cat([points, sdf(points)[..., None]], dim=-1))
-    return {**{k: v.half() for k, v in tensors.items()}, "id": [f"sphere-{seed}-{i}" for i in range(batch_size)]}
+    tensors = dict(
+        surface=surface,
+        sdf=grid,
+        triplane=torch.stack(planes, dim=1),
+        query=torch.cat([points, sdf(points)[..., None]], dim=-1),
+    )
+    return {
+        **{k: v.half() for k, v in tensors.items()},
+        "id": [f"sphere-{seed}-{i}" for i in range(batch_size)],
+    }
 
 
 class Batches(Dataset):
@@ -111,12 +125,18 @@ def measure(model: str, batch_size: int, queries: int, steps: int, warmup: int, 
     loader = DataLoader(Batches(batches, steps), batch_size=None, shuffle=False, pin_memory=device == "cuda")
     timer = StepTimer()
     trainer = L.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu", devices=1,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
         precision=trainer_config["precision"] if device == "cuda" else "32-true",
-        gradient_clip_val=trainer_config.get("gradient_clip_val"), max_steps=steps, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        gradient_clip_val=trainer_config.get("gradient_clip_val"),
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         callbacks=[timer],
-    )  # fmt: skip
+    )
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -140,10 +160,14 @@ def main() -> None:
     data = yaml.safe_load((CONFIGS / "data" / "objaverse.yaml").read_text())["data"]["init_args"]
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batch-size", type=int, default=data["batch_size"])
-    parser.add_argument("--queries", type=int, default=data["query_points"], help="query points per shape and step")
+    parser.add_argument(
+        "--queries", type=int, default=data["query_points"], help="query points per shape and step"
+    )
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the median")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu")
+    )
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if args.warmup >= args.steps:
@@ -152,7 +176,9 @@ def main() -> None:
     if unknown := [m for m in models if not config_path(m).is_file()]:
         raise SystemExit(f"unknown models {unknown}: give one of {MODELS} or a YAML file")
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    print(f"device: {name}, torch {torch.__version__}; {args.queries} queries per shape; sizes {Sizes().to_dict()}")
+    print(
+        f"device: {name}, torch {torch.__version__}; {args.queries} queries per shape; sizes {Sizes().to_dict()}"
+    )
     results = []
     for model in models:
         batch_size = args.batch_size
@@ -166,11 +192,20 @@ def main() -> None:
                     raise
                 batch_size //= 2
         print(f"{model}: done", flush=True)
-    print(f"{'model':14} {'params':>12} {'latent':>12} {'batch':>5} {'precision':>10} {'s/step':>8} {'samples/s':>9} {'peak GiB':>8} {'reserved':>8}")
+    print(
+        f"{'model':14} {'params':>12} {'latent':>12} {'batch':>5} {'precision':>10} {'s/step':>8} {'samples/s':>9} {'peak GiB':>8} {'reserved':>8}"
+    )
     for r in results:
-        print(f"{r['model']:14} {r['params']:>12,} {r['latent']:>12} {r['batch']:>5} {r['precision']:>10} {r['seconds_per_step']:>8.4f} "
-              f"{r['samples_per_s']:>9.1f} {r['peak_gib']:>8.2f} {r['reserved_gib']:>8.2f}")  # fmt: skip
-    print(" ".join(f"samples_per_s_{r['model']}={r['samples_per_s']:.1f} peak_gib_{r['model']}={r['peak_gib']:.2f}" for r in results))
+        print(
+            f"{r['model']:14} {r['params']:>12,} {r['latent']:>12} {r['batch']:>5} {r['precision']:>10} {r['seconds_per_step']:>8.4f} "
+            f"{r['samples_per_s']:>9.1f} {r['peak_gib']:>8.2f} {r['reserved_gib']:>8.2f}"
+        )
+    print(
+        " ".join(
+            f"samples_per_s_{r['model']}={r['samples_per_s']:.1f} peak_gib_{r['model']}={r['peak_gib']:.2f}"
+            for r in results
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,18 @@ CONFIGS = ROOT / "configs"
 MODELS = ("vecset", "grid", "triplane")
 GRID_RESOLUTION = 64
 DDP_RANKS = {"vecset": 2}  # default ranks per model; `--processes` overrides
-SIZES = ["--surface-points", "2048", "--grid-resolution", str(GRID_RESOLUTION), "--query-points", "4096", "--views", "0", "--view-size", "32"]
+SIZES = [
+    "--surface-points",
+    "2048",
+    "--grid-resolution",
+    str(GRID_RESOLUTION),
+    "--query-points",
+    "4096",
+    "--views",
+    "0",
+    "--view-size",
+    "32",
+]
 CORES = os.cpu_count() or 1
 BATCH_SIZE = 8
 TRAIN_QUERIES = 2048  # a random half of each shape's queries per step
@@ -80,7 +91,10 @@ MESH_RESOLUTION = 64
 TIMING_STEPS = 32  # the timing run; its first STEPS_SKIPPED steps are warm-up (oneDNN, the shuffle buffer)
 STEPS_SKIPPED = 12
 UNDERUSED = 0.9  # a run that trains less of its budget than this gets a warning under the table
-REPLAN_AT, REPLAN_EVERY = 200, 500  # the main run plans its steps again at these steps, from its own pace (not with --quick)
+REPLAN_AT, REPLAN_EVERY = (
+    200,
+    500,
+)  # the main run plans its steps again at these steps, from its own pace (not with --quick)
 PRECISIONS = ("32-true", "bf16-mixed")  # what a CPU trains in
 
 
@@ -88,11 +102,23 @@ def data_plan(quick: bool) -> dict[str, dict]:
     """Per shard set: the data-prep source arguments, the shard size and how many shards are held out."""
     if quick:
         return {
-            "primitives": {"source": ["--source", "primitives", "--count", "48"], "shard_size": 16, "held_out": 1},
-            "pybullet": {"source": ["--source", "pybullet", "--limit", "48"], "shard_size": 16, "held_out": 1},
+            "primitives": {
+                "source": ["--source", "primitives", "--count", "48"],
+                "shard_size": 16,
+                "held_out": 1,
+            },
+            "pybullet": {
+                "source": ["--source", "pybullet", "--limit", "48"],
+                "shard_size": 16,
+                "held_out": 1,
+            },
         }
     return {
-        "primitives": {"source": ["--source", "primitives", "--count", "512"], "shard_size": 32, "held_out": 1},
+        "primitives": {
+            "source": ["--source", "primitives", "--count", "512"],
+            "shard_size": 32,
+            "held_out": 1,
+        },
         "pybullet": {"source": ["--source", "pybullet"], "shard_size": 32, "held_out": 2},
     }
 
@@ -109,9 +135,21 @@ def build_data(data: Path, quick: bool) -> dict[str, Path]:
     for name, plan in data_plan(quick).items():
         out = data / name
         if (out / "index.json").is_file() and load_index(out).sizes.grid_resolution != GRID_RESOLUTION:
-            raise SystemExit(f"{out}: built with another grid resolution than {GRID_RESOLUTION}; give another --data")
+            raise SystemExit(
+                f"{out}: built with another grid resolution than {GRID_RESOLUTION}; give another --data"
+            )
         if not (out / "index.json").is_file():
-            build = ["build", *plan["source"], "--out", str(out), "--shard-size", str(plan["shard_size"]), "--workers", str(CORES), *SIZES]
+            build = [
+                "build",
+                *plan["source"],
+                "--out",
+                str(out),
+                "--shard-size",
+                str(plan["shard_size"]),
+                "--workers",
+                str(CORES),
+                *SIZES,
+            ]
             prep(build)
             prep(["index", "--out", str(out)])
         train, heldout = hold_out(load_index(out), plan["held_out"])
@@ -122,7 +160,9 @@ def build_data(data: Path, quick: bool) -> dict[str, Path]:
     first = next(iter(sets.values()))
     for name, index in sets.items():
         if index.info["sizes"] != first.info["sizes"]:
-            raise SystemExit(f"{data / name}: built with other sizes than the other set; remove {data} and rerun")
+            raise SystemExit(
+                f"{data / name}: built with other sizes than the other set; remove {data} and rerun"
+            )
     all_held = [s for index in sets.values() for s in index.shards]
     paths = {"train": write_index(data / "train.json", train_shards, first.info, data)}
     paths["heldout"] = write_index(data / "heldout.json", all_held, first.info, data)
@@ -211,35 +251,75 @@ class BatchTimer:
         return statistics.median(b - a for a, b in zip(self.starts[skipped:], self.starts[skipped + 1 :]))
 
 
-def fit(config: Path, paths: dict, out: Path, max_steps: int, max_seconds: float | None, quick: bool, precision: str, world: int):
+def fit(
+    config: Path,
+    paths: dict,
+    out: Path,
+    max_steps: int,
+    max_seconds: float | None,
+    quick: bool,
+    precision: str,
+    world: int,
+):
     """Trains the model of `config` through LightningCLI (as `native3d fit` does); returns (module, datamodule, timer).
 
     With `world` > 1 this process is one DDP rank of `world` (its environment names the rank).
     A budgeted run (`max_seconds`, not `quick`) re-plans its steps as it goes, up to twice `max_steps`.
     """
-    from lightning.pytorch.cli import LightningCLI
     import lightning as L
+    from lightning.pytorch.cli import LightningCLI
 
     replan = max_seconds is not None and not quick and max_steps > 2 * REPLAN_AT
     epoch = 2 * max_steps if replan else max_steps  # the loader's length: room for a re-plan to grow
     argv = [
-        "--config", str(config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
-        "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(paths["train"]),
-        "--data.val", str(paths["heldout"]), "--data.batch_size", str(BATCH_SIZE), "--data.num_workers", "0",
-        "--data.query_points", str(TRAIN_QUERIES), "--data.shuffle_buffer", "64" if quick else "256",
-        "--data.batches_per_epoch", str(epoch), "--trainer.max_steps", str(max_steps),
-        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-        "--trainer.precision", precision, "--seed_everything", "0",
-    ]  # fmt: skip
+        "--config",
+        str(config),
+        "--config",
+        str(CONFIGS / "trainer" / "cpu.yaml"),
+        "--data",
+        "native3d.data.datamodule.ShardDataModule",
+        "--data.train",
+        str(paths["train"]),
+        "--data.val",
+        str(paths["heldout"]),
+        "--data.batch_size",
+        str(BATCH_SIZE),
+        "--data.num_workers",
+        "0",
+        "--data.query_points",
+        str(TRAIN_QUERIES),
+        "--data.shuffle_buffer",
+        "64" if quick else "256",
+        "--data.batches_per_epoch",
+        str(epoch),
+        "--trainer.max_steps",
+        str(max_steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.precision",
+        precision,
+        "--seed_everything",
+        "0",
+    ]
     if max_seconds is not None:
         argv += ["--trainer.max_time", dd_hh_mm_ss(max_seconds)]
     if world > 1:
         argv += ["--trainer.devices", str(world), "--trainer.strategy", "ddp"]
     cli = LightningCLI(
-        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True}, run=False, args=argv,
-    )  # fmt: skip
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        run=False,
+        args=argv,
+    )
     timer = BatchTimer()
     cli.trainer.callbacks.append(timer.callback)
     if replan:
@@ -277,7 +357,9 @@ def per_model(flag: str, items: list[str], name: str, valid, expected: str) -> l
     for item in items:
         model, _, value = item.partition("=")
         if model not in MODELS or not valid(value):
-            raise SystemExit(f"{flag} {item}: expected MODEL={name} with MODEL in {MODELS} and {name} {expected}")
+            raise SystemExit(
+                f"{flag} {item}: expected MODEL={name} with MODEL in {MODELS} and {name} {expected}"
+            )
         pairs.append((model, value))
     return pairs
 
@@ -299,7 +381,10 @@ def evaluate(autoencoder, train: Path, heldout: Path, mesh_shapes: int | None) -
         pred = autoencoder.decode(latent, uniform[..., :3])
         scores["iou"] += volume_iou(pred, uniform[..., 3], kind="sdf").value.tolist()
         for i in range(len(latent)):
-            if mesh_shapes is not None and len(scores["chamfer_l1"]) + len(scores["no_surface"]) >= mesh_shapes:
+            if (
+                mesh_shapes is not None
+                and len(scores["chamfer_l1"]) + len(scores["no_surface"]) >= mesh_shapes
+            ):
                 break
             previews = decode_previews(autoencoder, latent[i : i + 1], MESH_RESOLUTION)
             mesh = mesh_scores(previews.points, batch["surface"][i : i + 1, :, :3])
@@ -325,7 +410,9 @@ def input_grid_iou(train: Path, heldout: Path) -> list[float]:
     from native3d.metrics import volume_iou
 
     ious = []
-    for batch in ShardDataModule(str(train), val=str(heldout), batch_size=BATCH_SIZE, num_workers=0).val_dataloader():
+    for batch in ShardDataModule(
+        str(train), val=str(heldout), batch_size=BATCH_SIZE, num_workers=0
+    ).val_dataloader():
         uniform = batch["query"][:, : batch["query"].shape[1] // 2]
         pred = sample_volume(batch["sdf"][:, None], uniform[..., :3])[..., 0]  # (B, Q/2)
         ious += volume_iou(pred, uniform[..., 3], kind="sdf").value.tolist()
@@ -337,17 +424,42 @@ def summary(scores: dict[str, list]) -> dict:
         return statistics.fmean(values) if values else float("nan")
 
     meshed = len(scores["chamfer_l1"]) + len(scores["no_surface"])
-    return {"shapes": len(scores["iou"]), "iou": mean(scores["iou"]), "meshed": meshed, "found": len(scores["chamfer_l1"]),
-            "chamfer_l1": mean(scores["chamfer_l1"]), "fscore": mean(scores["fscore"])}  # fmt: skip
+    return {
+        "shapes": len(scores["iou"]),
+        "iou": mean(scores["iou"]),
+        "meshed": meshed,
+        "found": len(scores["chamfer_l1"]),
+        "chamfer_l1": mean(scores["chamfer_l1"]),
+        "fscore": mean(scores["fscore"]),
+    }
 
 
-def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, mesh_shapes: int | None, result_path: Path, threads: int, config: Path, precision: str,
-              rank: int = 0, world: int = 1, port: int = 0) -> None:  # fmt: skip
+def run_model(
+    model: str,
+    paths: dict,
+    out: Path,
+    minutes: float,
+    quick: bool,
+    mesh_shapes: int | None,
+    result_path: Path,
+    threads: int,
+    config: Path,
+    precision: str,
+    rank: int = 0,
+    world: int = 1,
+    port: int = 0,
+) -> None:
     """One model, or one DDP rank of it: timing run, budgeted run, evaluation (rank 0); writes a JSON result."""
     torch.set_num_threads(threads)
     if world > 1:  # ranks started here, as a cluster launcher would start them: Lightning reads these
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), NODE_RANK="0",
-                          LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")  # fmt: skip
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            WORLD_SIZE=str(world),
+            NODE_RANK="0",
+            LOCAL_RANK=str(rank),
+            GLOO_SOCKET_IFNAME="lo",
+        )
     sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `fit`, not from this script's command line
     import logging
 
@@ -388,8 +500,14 @@ def run_model(model: str, paths: dict, out: Path, minutes: float, quick: bool, m
         "processes": world,
         "precision": precision,
     }
-    per_set = {name[len("heldout-"):]: evaluate(module.autoencoder, paths["train"], path, mesh_shapes) for name, path in paths.items() if name.startswith("heldout-")}
-    result["heldout"] = summary({key: [v for scores in per_set.values() for v in scores[key]] for key in next(iter(per_set.values()))})
+    per_set = {
+        name[len("heldout-") :]: evaluate(module.autoencoder, paths["train"], path, mesh_shapes)
+        for name, path in paths.items()
+        if name.startswith("heldout-")
+    }
+    result["heldout"] = summary(
+        {key: [v for scores in per_set.values() for v in scores[key]] for key in next(iter(per_set.values()))}
+    )
     result.update({f"heldout-{name}": summary(scores) for name, scores in per_set.items()})
     # The same score on training shapes: near the held-out IoU, the model underfits; far above it, it overfits.
     result["train-sample"] = summary(evaluate(module.autoencoder, paths["train"], paths["train-sample"], 0))
@@ -423,13 +541,19 @@ def threads_column(result: dict) -> str:
 
 def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> None:
     train, held = load_index(paths["train"]), load_index(paths["heldout"])
-    print(f"data: {train.num_samples} training shapes, {held.num_samples} held-out shapes "
-          f"({', '.join(f'{k[8:]} {load_index(v).num_samples}' for k, v in paths.items() if k.startswith('heldout-'))}; "
-          f"the last shards of each set); sizes {train.info['sizes']}")  # fmt: skip
-    print(f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, {jobs} model(s) at a time on {CORES} cores; "
-          f"load average before/after: {load[0]} / {load[1]}")  # fmt: skip
+    print(
+        f"data: {train.num_samples} training shapes, {held.num_samples} held-out shapes "
+        f"({', '.join(f'{k[8:]} {load_index(v).num_samples}' for k, v in paths.items() if k.startswith('heldout-'))}; "
+        f"the last shards of each set); sizes {train.info['sizes']}"
+    )
+    print(
+        f"training: batch {BATCH_SIZE}, {TRAIN_QUERIES} random queries per shape, {jobs} model(s) at a time on {CORES} cores; "
+        f"load average before/after: {load[0]} / {load[1]}"
+    )
     header = f"{'model':9} {'run':4} {'thr':>4} {'params':>9} {'latent':>14} {'steps':>6} {'budget':>6} {'min':>5} {'samples/s':>9} {'peakRSS MB':>10} "
-    header += f"{'IoU':>6} {'IoU prim':>8} {'IoU pyb':>8} {'IoU trn':>7} {'CD-L1':>7} {'F@0.02':>7} {'meshes':>7}"
+    header += (
+        f"{'IoU':>6} {'IoU prim':>8} {'IoU pyb':>8} {'IoU trn':>7} {'CD-L1':>7} {'F@0.02':>7} {'meshes':>7}"
+    )
     print(header)
     for r in results:
         h, p, b = r["heldout"], r["heldout-primitives"], r["heldout-pybullet"]
@@ -438,58 +562,127 @@ def print_table(results: list[dict], paths: dict, load: tuple, jobs: int) -> Non
             f"{r['model']:9} {'kept' if r.get('kept') else 'now':4} {threads_column(r):>4} {r['params']:>9,} {latent:>14} {r['steps']:>6} {r['budget_minutes']:>6.1f} {r['train_minutes']:>5.1f} "
             f"{r['samples_per_second']:>9.1f} {r['peak_rss_mb']:>10.0f} {h['iou']:>6.3f} {p['iou']:>8.3f} {b['iou']:>8.3f} {r.get('train-sample', {}).get('iou', float('nan')):>7.3f} "
             f"{h['chamfer_l1']:>7.4f} {h['fscore']:>7.3f} {h['found']:>3}/{h['meshed']:<3}"
-        )  # fmt: skip
-    print("configs: " + ", ".join(f"{r['model']} {r['config']} ({r.get('precision', '32-true')})" for r in results))
+        )
+    print(
+        "configs: "
+        + ", ".join(f"{r['model']} {r['config']} ({r.get('precision', '32-true')})" for r in results)
+    )
     for r in results:
         plan = f"{r['model']}: {r['planned_steps']:,} steps planned from the timing run ({r['seconds_per_step_timed']:.3f} s/step)"
         if r.get("replans"):
             (first_at, first, first_pace), (last_at, last, last_pace) = r["replans"][0], r["replans"][-1]
             plan += f"; re-planned {len(r['replans'])} times from its own pace: {first:,} at step {first_at:,} ({first_pace:.3f} s/step)"
-            plan += f", ..., {last:,} at step {last_at:,} ({last_pace:.3f} s/step)" if len(r["replans"]) > 1 else ""
+            plan += (
+                f", ..., {last:,} at step {last_at:,} ({last_pace:.3f} s/step)"
+                if len(r["replans"]) > 1
+                else ""
+            )
         print(plan)
         if r["train_minutes"] < UNDERUSED * r["budget_minutes"]:
-            print(f"warning: {r['model']} trained {r['train_minutes']:.1f} of its {r['budget_minutes']:.1f} minutes: it ran "
-                  f"faster than planned (was the machine busy while it timed its steps?)")  # fmt: skip
-    print("IoU: sign agreement on the uniform half of each held-out shape's queries; IoU trn: the same on as many "
-          "training shapes (the first shards of each set); CD-L1 / F@0.02: 64^3 decode_mesh "
-          "meshes (2,048 points) vs the shape's surface points, over the meshes with a surface (meshes = found/tried); "
-          "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process (summed over DDP ranks); "
-          "thr: torch threads (ranks x threads for a DDP run; batch 8 per rank); "
-          "min: minutes of training (the budget caps it)")  # fmt: skip
-    ceiling = {k[len("heldout-"):]: input_grid_iou(paths["train"], v) for k, v in paths.items() if k.startswith("heldout-")}
+            print(
+                f"warning: {r['model']} trained {r['train_minutes']:.1f} of its {r['budget_minutes']:.1f} minutes: it ran "
+                f"faster than planned (was the machine busy while it timed its steps?)"
+            )
+    print(
+        "IoU: sign agreement on the uniform half of each held-out shape's queries; IoU trn: the same on as many "
+        "training shapes (the first shards of each set); CD-L1 / F@0.02: 64^3 decode_mesh "
+        "meshes (2,048 points) vs the shape's surface points, over the meshes with a surface (meshes = found/tried); "
+        "peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the training process (summed over DDP ranks); "
+        "thr: torch threads (ranks x threads for a DDP run; batch 8 per rank); "
+        "min: minutes of training (the budget caps it)"
+    )
+    ceiling = {
+        k[len("heldout-") :]: input_grid_iou(paths["train"], v)
+        for k, v in paths.items()
+        if k.startswith("heldout-")
+    }
     every = [v for values in ceiling.values() for v in values]
-    print(f"reference, no model: the input sdf.npy ({train.sizes.grid_resolution}^3) read trilinearly at the same queries: IoU {statistics.fmean(every):.3f} "
-          f"({', '.join(f'{k} {statistics.fmean(v):.3f}' for k, v in ceiling.items())})")  # fmt: skip
-    print("the full presets (configs/autoencoder/<model>.yaml) are GPU-sized: benchmarks/autoencoder_presets.py measures their GPU memory and throughput")
+    print(
+        f"reference, no model: the input sdf.npy ({train.sizes.grid_resolution}^3) read trilinearly at the same queries: IoU {statistics.fmean(every):.3f} "
+        f"({', '.join(f'{k} {statistics.fmean(v):.3f}' for k, v in ceiling.items())})"
+    )
+    print(
+        "the full presets (configs/autoencoder/<model>.yaml) are GPU-sized: benchmarks/autoencoder_presets.py measures their GPU memory and throughput"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model (at most 20)")
-    parser.add_argument("--data", type=Path, help=f"shard cache (default runs/bench/ae_data{GRID_RESOLUTION}, or ..._quick with --quick)")
-    parser.add_argument("--out", type=Path, help="run folder (default runs/bench/ae, or ae_quick with --quick)")
-    parser.add_argument("--quick", action="store_true", help="tiny data, 0.5 minutes per model, 4 meshes per set")
-    parser.add_argument("--mesh-shapes", type=int, default=16, help="mesh the first N held-out shapes of each set (0: none, -1: all)")
-    parser.add_argument("--jobs", type=int, default=1, help="models trained at a time; each gets cores / jobs torch threads")
-    parser.add_argument("--keep", action="store_true", help="also report the other models' results already in --out")
-    parser.add_argument("--config", action="append", default=[], metavar="MODEL=YAML", help="train MODEL with this config instead of configs/autoencoder/MODEL_cpu.yaml")
-    parser.add_argument("--precision", action="append", default=[], metavar="MODEL=PRECISION", help="train MODEL under this Lightning precision (default 32-true)")
-    parser.add_argument("--processes", action="append", default=[], metavar="MODEL=N", help="train MODEL as N DDP ranks (gloo), sharing its cores (default: DDP_RANKS, at most its cores)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help=f"shard cache (default runs/bench/ae_data{GRID_RESOLUTION}, or ..._quick with --quick)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="run folder (default runs/bench/ae, or ae_quick with --quick)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny data, 0.5 minutes per model, 4 meshes per set"
+    )
+    parser.add_argument(
+        "--mesh-shapes",
+        type=int,
+        default=16,
+        help="mesh the first N held-out shapes of each set (0: none, -1: all)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="models trained at a time; each gets cores / jobs torch threads"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="also report the other models' results already in --out"
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="MODEL=YAML",
+        help="train MODEL with this config instead of configs/autoencoder/MODEL_cpu.yaml",
+    )
+    parser.add_argument(
+        "--precision",
+        action="append",
+        default=[],
+        metavar="MODEL=PRECISION",
+        help="train MODEL under this Lightning precision (default 32-true)",
+    )
+    parser.add_argument(
+        "--processes",
+        action="append",
+        default=[],
+        metavar="MODEL=N",
+        help="train MODEL as N DDP ranks (gloo), sharing its cores (default: DDP_RANKS, at most its cores)",
+    )
     args = parser.parse_args()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; choose from {MODELS}")
     configs = {model: model_config(model) for model in MODELS}
-    for model, path in per_model("--config", args.config, "YAML", lambda path: Path(path).is_file(), "an existing file"):
+    for model, path in per_model(
+        "--config", args.config, "YAML", lambda path: Path(path).is_file(), "an existing file"
+    ):
         configs[model] = Path(path).resolve()
     precisions = {model: "32-true" for model in MODELS}
-    precisions.update(per_model("--precision", args.precision, "PRECISION", lambda precision: precision in PRECISIONS, f"one of {PRECISIONS}"))
+    precisions.update(
+        per_model(
+            "--precision",
+            args.precision,
+            "PRECISION",
+            lambda precision: precision in PRECISIONS,
+            f"one of {PRECISIONS}",
+        )
+    )
     # VecSet trains as DDP ranks of one thread each where it has the cores: 1.2x the samples per
     # second of one process with their threads (docs/benchmarks.md).
     processes = {model: min(DDP_RANKS.get(model, 1), max(1, CORES // args.jobs)) for model in MODELS}
-    processes.update((m, int(n)) for m, n in per_model("--processes", args.processes, "N", lambda n: n.isdigit() and int(n) >= 1, "a positive integer"))
+    processes.update(
+        (m, int(n))
+        for m, n in per_model(
+            "--processes", args.processes, "N", lambda n: n.isdigit() and int(n) >= 1, "a positive integer"
+        )
+    )
     if args.minutes > 20:
         raise SystemExit("--minutes is at most 20")
     minutes = 0.5 if args.quick else args.minutes
@@ -500,14 +693,30 @@ def main() -> None:
     load_before = tuple(round(x, 2) for x in os.getloadavg())
     paths = build_data(data, args.quick)
     # One process per model (per rank of a DDP model): a clean peak RSS and no state shared between runs; `--jobs` models at a time.
-    running: list[tuple[str, multiprocessing.Process]] = []  # the processes of the models started since the last wait
+    running: list[
+        tuple[str, multiprocessing.Process]
+    ] = []  # the processes of the models started since the last wait
     for i, model in enumerate(models, start=1):
         result_path = out / model / "result.json"
         result_path.parent.mkdir(parents=True, exist_ok=True)
         world, port = processes[model], free_port()
         threads = max(1, CORES // args.jobs // world)
         for rank in range(world):
-            work = (model, paths, out / model, minutes, args.quick, mesh_shapes, result_path, threads, configs[model], precisions[model], rank, world, port)
+            work = (
+                model,
+                paths,
+                out / model,
+                minutes,
+                args.quick,
+                mesh_shapes,
+                result_path,
+                threads,
+                configs[model],
+                precisions[model],
+                rank,
+                world,
+                port,
+            )
             # Daemonic: they end with this process, whichever way it ends.
             process = multiprocessing.get_context("spawn").Process(target=run_model, args=work, daemon=True)
             running.append((model if world == 1 else f"{model} rank {rank}", process))

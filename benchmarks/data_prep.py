@@ -105,7 +105,9 @@ def measure(relative: str, sizes: Sizes) -> dict:
     signed_distance(v, f, pts_query, trunc)
     row["ours_sdf"] = t["sdf_grid"] + lap(start)  # grid + query SDF: what (b) replaces
     row["igl_sdf"] = time_igl(v, f, pts_grid, pts_query)
-    row["naive_record"] = t["load"] + t["normalize"] + t["triplane"] + time_naive(mesh, sizes, pts_grid, pts_query)
+    row["naive_record"] = (
+        t["load"] + t["normalize"] + t["triplane"] + time_naive(mesh, sizes, pts_grid, pts_query)
+    )
     row.update(sign_agreement(v, f, grid.reshape(-1), query, pts_grid, sizes, rng))
     return row
 
@@ -144,7 +146,12 @@ def sign_agreement(v, f, grid, query, pts_grid, sizes: Sizes, rng: np.random.Gen
     exact_inside = np.abs(igl.winding_number(np.asarray(v, np.float64), np.asarray(f, np.int64), pts)) > 0.5
     agree = (sdf < 0) == exact_inside
     away = np.abs(sdf) > 2.0 / (sizes.grid_resolution - 1)  # |d| > 1 voxel; our |d| is exact there
-    return {"checked": len(pts), "agree": int(agree.sum()), "away": int(away.sum()), "agree_away": int(agree[away].sum())}
+    return {
+        "checked": len(pts),
+        "agree": int(agree.sum()),
+        "away": int(away.sum()),
+        "agree_away": int(agree[away].sum()),
+    }
 
 
 def time_views(sizes: Sizes) -> float:
@@ -159,7 +166,9 @@ def time_views(sizes: Sizes) -> float:
 
 def print_table(rows: list[dict], sizes: Sizes) -> None:
     print(f"Sizes: {sizes.to_dict()}; one core (OMP/MKL/OpenBLAS/IGL threads = 1)")
-    print(f"{'mesh':40s} {'faces':>7s} {'record s':>9s} {'sdf s':>7s} {'igl s':>7s} {'naive s*':>9s} {'agree':>8s} {'away':>8s}")
+    print(
+        f"{'mesh':40s} {'faces':>7s} {'record s':>9s} {'sdf s':>7s} {'igl s':>7s} {'naive s*':>9s} {'agree':>8s} {'away':>8s}"
+    )
     for r in rows:
         print(
             f"{r['mesh']:40s} {r['faces']:7d} {r['record']:9.3f} {r['ours_sdf']:7.3f} {r['igl_sdf']:7.3f} "
@@ -167,15 +176,24 @@ def print_table(rows: list[dict], sizes: Sizes) -> None:
         )
     total = {k: sum(r[k] for r in rows) for k in ("record", "ours_sdf", "igl_sdf", "naive_record")}
     stages = {s: sum(r["stages"][s] for r in rows) for s in rows[0]["stages"]}
-    print("share of record time: " + ", ".join(f"{s} {100 * t / total['record']:.1f}%" for s, t in stages.items()))
+    print(
+        "share of record time: "
+        + ", ".join(f"{s} {100 * t / total['record']:.1f}%" for s, t in stages.items())
+    )
     checked, agree = sum(r["checked"] for r in rows), sum(r["agree"] for r in rows)
     away, agree_away = sum(r["away"] for r in rows), sum(r["agree_away"] for r in rows)
-    print(f"sign agreement with exact winding number: {agree / checked:.5f} of {checked} points; "
-          f"away from the surface (|d| > 1 voxel): {agree_away / away:.6f} of {away}")
-    print(f"naive s*: trimesh on every {NAIVE_GRID_STRIDE}th grid point and every {NAIVE_QUERY_STRIDE}th query, "
-          "scaled by point count; plus the shared load/normalize/triplane time")
-    print(f"records: ours {total['record']:.2f} s, naive {total['naive_record']:.1f} s (scaled); "
-          f"grid+query SDF: ours {total['ours_sdf']:.2f} s, igl.signed_distance(fwn) {total['igl_sdf']:.2f} s")
+    print(
+        f"sign agreement with exact winding number: {agree / checked:.5f} of {checked} points; "
+        f"away from the surface (|d| > 1 voxel): {agree_away / away:.6f} of {away}"
+    )
+    print(
+        f"naive s*: trimesh on every {NAIVE_GRID_STRIDE}th grid point and every {NAIVE_QUERY_STRIDE}th query, "
+        "scaled by point count; plus the shared load/normalize/triplane time"
+    )
+    print(
+        f"records: ours {total['record']:.2f} s, naive {total['naive_record']:.1f} s (scaled); "
+        f"grid+query SDF: ours {total['ours_sdf']:.2f} s, igl.signed_distance(fwn) {total['igl_sdf']:.2f} s"
+    )
     print(f"views: {time_views(sizes):.3f} s per view ({sizes.view_size}px, timed separately)")
     print(
         f"speedup_vs_naive={total['naive_record'] / total['record']:.1f} "

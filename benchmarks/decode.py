@@ -39,17 +39,28 @@ import torch  # noqa: E402
 import trimesh  # noqa: E402
 
 from native3d.autoencoders.meshing import latent_field  # noqa: E402
+from native3d.checkpoints import load_autoencoder  # noqa: E402
 from native3d.cli import main as native3d  # noqa: E402
 from native3d.data.datamodule import collate, hold_out, sample_to_tensors  # noqa: E402
 from native3d.data.shards import iter_samples, load_index  # noqa: E402
-from native3d.checkpoints import load_autoencoder  # noqa: E402
 from native3d.geometry.marching_cubes import NoSurfaceError, coarse_to_fine_grid, dense_grid, marching_cubes  # noqa: E402
 from native3d.geometry.sampling import sample_surface  # noqa: E402
 from native3d.metrics import chamfer_distance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-SIZES = ["--surface-points", "2048", "--grid-resolution", "32", "--query-points", "4096", "--views", "1", "--view-size", "32"]
+SIZES = [
+    "--surface-points",
+    "2048",
+    "--grid-resolution",
+    "32",
+    "--query-points",
+    "4096",
+    "--views",
+    "1",
+    "--view-size",
+    "32",
+]
 START_RESOLUTION = 32
 
 
@@ -65,7 +76,20 @@ def prep(args: list[str]) -> None:
 def build_shapes(work: Path, count: int) -> Path:
     data = work / "primitives"
     if not (data / "index.json").is_file():
-        prep(["build", "--source", "primitives", "--count", str(count), "--out", str(data), "--shard-size", "8", *SIZES])
+        prep(
+            [
+                "build",
+                "--source",
+                "primitives",
+                "--count",
+                str(count),
+                "--out",
+                str(data),
+                "--shard-size",
+                "8",
+                *SIZES,
+            ]
+        )
         prep(["index", "--out", str(data)])
     return data
 
@@ -74,15 +98,45 @@ def train(config: str, data: Path, work: Path, steps: int) -> Path:
     """A short `native3d fit` (the last shard held out for validation); returns last.ckpt."""
     run = work / f"fit-{Path(config).stem}-{steps}"
     if not list(run.rglob("last.ckpt")):
-        native3d([
-            "fit", "--config", str(CONFIGS / "autoencoder" / config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
-            "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(data), "--data.val_shards", "1",
-            "--data.batch_size", "8", "--data.num_workers", "0", "--data.query_points", "2048",
-            "--data.batches_per_epoch", str(steps), "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-            "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run),
-            "--trainer.enable_progress_bar", "false", "--model.init_args.stats_batches", "2",
-            "--model.init_args.mesh_resolution", "32", "--seed_everything", "0",
-        ])  # fmt: skip
+        native3d(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "autoencoder" / config),
+                "--config",
+                str(CONFIGS / "trainer" / "cpu.yaml"),
+                "--data",
+                "native3d.data.datamodule.ShardDataModule",
+                "--data.train",
+                str(data),
+                "--data.val_shards",
+                "1",
+                "--data.batch_size",
+                "8",
+                "--data.num_workers",
+                "0",
+                "--data.query_points",
+                "2048",
+                "--data.batches_per_epoch",
+                str(steps),
+                "--trainer.max_steps",
+                str(steps),
+                "--trainer.val_check_interval",
+                str(steps),
+                "--trainer.default_root_dir",
+                str(run),
+                "--trainer.logger.init_args.save_dir",
+                str(run),
+                "--trainer.enable_progress_bar",
+                "false",
+                "--model.init_args.stats_batches",
+                "2",
+                "--model.init_args.mesh_resolution",
+                "32",
+                "--seed_everything",
+                "0",
+            ]
+        )
     return next(run.rglob("last.ckpt"))
 
 
@@ -141,8 +195,10 @@ def caching_cost(autoencoder, latent: torch.Tensor, chunk: int, repeats: int = 5
     for _ in range(repeats):
         autoencoder.query(features, points)
     query_s = (time.perf_counter() - start) / repeats
-    return (f"decoder_features {features_s * 1e3:.1f} ms per latent, query {query_s * 1e3:.1f} ms per {chunk:,} points: "
-            f"decoding without the cache would add {features_s / query_s:.0%} to every chunk")  # fmt: skip
+    return (
+        f"decoder_features {features_s * 1e3:.1f} ms per latent, query {query_s * 1e3:.1f} ms per {chunk:,} points: "
+        f"decoding without the cache would add {features_s / query_s:.0%} to every chunk"
+    )
 
 
 def compare(name: str, make_field: Callable, resolution: int, chunk: int, points: int) -> dict | None:
@@ -152,8 +208,15 @@ def compare(name: str, make_field: Callable, resolution: int, chunk: int, points
     except NoSurfaceError as error:
         print(f"{name:<22}{resolution:>5}  no surface ({error})", flush=True)
         return None
-    row = {"name": name, "resolution": resolution, "dense_q": dense_q, "c2f_q": fine_q, "dense_s": dense_s,
-           "c2f_s": fine_s, "chamfer": mesh_chamfer(dense, fine, points)}  # fmt: skip
+    row = {
+        "name": name,
+        "resolution": resolution,
+        "dense_q": dense_q,
+        "c2f_q": fine_q,
+        "dense_s": dense_s,
+        "c2f_s": fine_s,
+        "chamfer": mesh_chamfer(dense, fine, points),
+    }
     print(format_row(row), flush=True)
     return row
 
@@ -162,17 +225,23 @@ HEADER = f"{'field':<22}{'res':>5}{'dense q':>12}{'c2f q':>11}{'q ratio':>9}{'de
 
 
 def format_row(row: dict) -> str:
-    return (f"{row['name']:<22}{row['resolution']:>5}{row['dense_q']:>12,}{row['c2f_q']:>11,}"
-            f"{row['dense_q'] / row['c2f_q']:>9.1f}{row['dense_s']:>9.2f}{row['c2f_s']:>8.2f}"
-            f"{row['dense_s'] / row['c2f_s']:>9.1f}{row['chamfer']:>12.2e}")  # fmt: skip
+    return (
+        f"{row['name']:<22}{row['resolution']:>5}{row['dense_q']:>12,}{row['c2f_q']:>11,}"
+        f"{row['dense_q'] / row['c2f_q']:>9.1f}{row['dense_s']:>9.2f}{row['c2f_s']:>8.2f}"
+        f"{row['dense_s'] / row['c2f_s']:>9.1f}{row['chamfer']:>12.2e}"
+    )
 
 
 def pooled(rows: list[dict], resolution: int) -> dict:
     """Totals over the trained decoder's latents at one resolution (Chamfer averaged)."""
     rows = [r for r in rows if r["resolution"] == resolution]
     total = {k: sum(r[k] for r in rows) for k in ("dense_q", "c2f_q", "dense_s", "c2f_s")}
-    return {"name": f"decoder, {len(rows)} latents", "resolution": resolution, **total,
-            "chamfer": float(np.mean([r["chamfer"] for r in rows]))}  # fmt: skip
+    return {
+        "name": f"decoder, {len(rows)} latents",
+        "resolution": resolution,
+        **total,
+        "chamfer": float(np.mean([r["chamfer"] for r in rows])),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,15 +250,23 @@ def pooled(rows: list[dict], resolution: int) -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", help="an autoencoder checkpoint (else one is trained into --work)")
-    parser.add_argument("--data", help="with --ckpt: the shard set whose last shard's shapes are decoded (else built)")
+    parser.add_argument(
+        "--data", help="with --ckpt: the shard set whose last shard's shapes are decoded (else built)"
+    )
     parser.add_argument("--config", default="triplane_tiny.yaml", help="configs/autoencoder/ file to train")
     parser.add_argument("--steps", type=int, default=300, help="training steps")
-    parser.add_argument("--shapes", type=int, default=64, help="primitives to build (8 per shard, last shard held out)")
+    parser.add_argument(
+        "--shapes", type=int, default=64, help="primitives to build (8 per shard, last shard held out)"
+    )
     parser.add_argument("--latents", type=int, default=2, help="held-out shapes to decode")
     parser.add_argument("--resolutions", default="64,128,256", help="64 is what the demo samples at")
-    parser.add_argument("--chunk", type=int, default=2**16, help="points per decoder call (decode_mesh's default)")
+    parser.add_argument(
+        "--chunk", type=int, default=2**16, help="points per decoder call (decode_mesh's default)"
+    )
     parser.add_argument("--points", type=int, default=20000, help="points sampled on each mesh for Chamfer")
-    parser.add_argument("--work", help="folder for the shards and the training run (default: a temporary folder)")
+    parser.add_argument(
+        "--work", help="folder for the shards and the training run (default: a temporary folder)"
+    )
     return parser.parse_args()
 
 
@@ -204,10 +281,14 @@ def main() -> None:
     ckpt = Path(args.ckpt) if args.ckpt else train(args.config, data, work, args.steps)
     autoencoder = load_autoencoder(ckpt)
     latents = held_out_latents(autoencoder, data, args.latents)
-    print(f"\ncheckpoint {ckpt} ({type(autoencoder).__name__}, latent {autoencoder.latent_shape}); "
-          f"setup {time.perf_counter() - start:.0f} s")  # fmt: skip
-    print(f"torch threads = {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}); "
-          f"coarse-to-fine from {START_RESOLUTION}^3; chunk {args.chunk}; Chamfer-L1 on {args.points} points per mesh")  # fmt: skip
+    print(
+        f"\ncheckpoint {ckpt} ({type(autoencoder).__name__}, latent {autoencoder.latent_shape}); "
+        f"setup {time.perf_counter() - start:.0f} s"
+    )
+    print(
+        f"torch threads = {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}); "
+        f"coarse-to-fine from {START_RESOLUTION}^3; chunk {args.chunk}; Chamfer-L1 on {args.points} points per mesh"
+    )
     print(caching_cost(autoencoder, latents[0][1], args.chunk))
     print(HEADER)
     rows: list[dict] = []
@@ -215,7 +296,13 @@ def main() -> None:
         for name, field in (("sphere (analytic)", sphere), ("torus (analytic)", torus)):
             compare(name, lambda f=field: f, resolution, args.chunk, args.points)
         for key, latent in latents:
-            row = compare(f"decoder {key[-12:]}", lambda z=latent: latent_field(autoencoder, z), resolution, args.chunk, args.points)
+            row = compare(
+                f"decoder {key[-12:]}",
+                lambda z=latent: latent_field(autoencoder, z),
+                resolution,
+                args.chunk,
+                args.points,
+            )
             rows += [row] if row else []
     print("pooled over the decoder's latents (sum of queries and seconds, mean Chamfer):")
     summary = {r: pooled(rows, r) for r in resolutions if any(row["resolution"] == r for row in rows)}
@@ -226,8 +313,10 @@ def main() -> None:
     if last is None:
         print("query_ratio_256=nan speedup_256=nan chamfer_256=nan")
     else:
-        print(f"query_ratio_256={last['dense_q'] / last['c2f_q']:.2f} speedup_256={last['dense_s'] / last['c2f_s']:.2f} "
-              f"chamfer_256={last['chamfer']:.2e}")  # fmt: skip
+        print(
+            f"query_ratio_256={last['dense_q'] / last['c2f_q']:.2f} speedup_256={last['dense_s'] / last['c2f_s']:.2f} "
+            f"chamfer_256={last['chamfer']:.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from autoencoders import dd_hh_mm_ss, prep, write_index  # benchmarks/autoencoders.py: the same data plumbing
+
 from native3d.data.shards import load_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,18 @@ BACKBONES = {  # name -> (autoencoder config, diffusion config)
     "unet3d": ("grid_tiny.yaml", "unet3d_tiny.yaml"),
     "triplane": ("triplane_tiny.yaml", "triplane_unet_tiny.yaml"),
 }
-SIZES = ["--surface-points", "2048", "--grid-resolution", "32", "--query-points", "4096", "--views", "2", "--view-size", "64"]
+SIZES = [
+    "--surface-points",
+    "2048",
+    "--grid-resolution",
+    "32",
+    "--query-points",
+    "4096",
+    "--views",
+    "2",
+    "--view-size",
+    "64",
+]
 THREADS = 1
 AE_BATCH, AE_QUERIES = 8, 2048
 DIFFUSION_BATCH = 32
@@ -93,12 +104,27 @@ def build_data(data: Path, quick: bool, poses: str) -> dict[str, Path]:
     plan, out = data_plan(quick), data / "primitives"
     source = {"count": plan["count"], "poses": poses, "seed": 0}
     if (out / "index.json").is_file():
-        built = [{k: s.get(k, "any" if k == "poses" else None) for k in source} for s in load_index(out).info.get("sources", [])]
+        built = [
+            {k: s.get(k, "any" if k == "poses" else None) for k in source}
+            for s in load_index(out).info.get("sources", [])
+        ]
         if built != [source]:
             raise SystemExit(f"{out}: built from {built}, not {source}; give another --data")
     else:
         args = ["--source", "primitives", *(a for k, v in source.items() for a in (f"--{k}", str(v)))]
-        prep(["build", *args, "--out", str(out), "--shard-size", str(plan["shard_size"]), "--workers", str(os.cpu_count() or 1), *SIZES])
+        prep(
+            [
+                "build",
+                *args,
+                "--out",
+                str(out),
+                "--shard-size",
+                str(plan["shard_size"]),
+                "--workers",
+                str(os.cpu_count() or 1),
+                *SIZES,
+            ]
+        )
         prep(["index", "--out", str(out)])
     train, heldout = hold_out(load_index(out), plan["held_out"])
     return {
@@ -122,29 +148,62 @@ def fit(configs: list[Path], overrides: list[str], out: Path, minutes: float) ->
     shutil.rmtree(out, ignore_errors=True)  # an interrupted run starts over
     argv = [arg for config in configs for arg in ("--config", str(config))]
     argv += [
-        *overrides, "--trainer.max_steps", "-1", "--trainer.max_time", dd_hh_mm_ss(60 * minutes),
-        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out), "--seed_everything", "0",
-    ]  # fmt: skip
+        *overrides,
+        "--trainer.max_steps",
+        "-1",
+        "--trainer.max_time",
+        dd_hh_mm_ss(60 * minutes),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--seed_everything",
+        "0",
+    ]
     cli = LightningCLI(
-        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True}, run=False, args=argv,
-    )  # fmt: skip
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        run=False,
+        args=argv,
+    )
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     seconds = time.perf_counter() - start
     cli.trainer.save_checkpoint(final)  # the EMA weights: WeightAveraging copies them in at the end of fit
-    record = {"steps": cli.trainer.global_step, "minutes": seconds / 60, "budget_minutes": minutes, "configs": [str(c.relative_to(ROOT)) for c in configs]}
+    record = {
+        "steps": cli.trainer.global_step,
+        "minutes": seconds / 60,
+        "budget_minutes": minutes,
+        "configs": [str(c.relative_to(ROOT)) for c in configs],
+    }
     (out / "train.json").write_text(json.dumps(record, indent=2))
     return final
 
 
 def fit_autoencoder(config: str, paths: dict, out: Path, minutes: float) -> Path:
     overrides = [
-        "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(paths["train"]),
-        "--data.batch_size", str(AE_BATCH), "--data.num_workers", "0", "--data.query_points", str(AE_QUERIES),
-        "--data.shuffle_buffer", "256", "--data.batches_per_epoch", "100",
-    ]  # fmt: skip
+        "--data",
+        "native3d.data.datamodule.ShardDataModule",
+        "--data.train",
+        str(paths["train"]),
+        "--data.batch_size",
+        str(AE_BATCH),
+        "--data.num_workers",
+        "0",
+        "--data.query_points",
+        str(AE_QUERIES),
+        "--data.shuffle_buffer",
+        "256",
+        "--data.batches_per_epoch",
+        "100",
+    ]
     return fit([CONFIGS / "autoencoder" / config, CONFIGS / "trainer" / "cpu.yaml"], overrides, out, minutes)
 
 
@@ -153,10 +212,23 @@ def fit_diffusion(config: str, ae_ckpt: Path, latents: Path, out: Path, minutes:
     configs += [CONFIGS / "conditioning" / "image_tiny.yaml"] if image else []
     configs += [CONFIGS / "trainer" / "cpu.yaml", CONFIGS / "data" / "latents.yaml"]
     overrides = [
-        "--data.train", str(latents), "--data.val_shards", "0", "--data.batch_size", str(DIFFUSION_BATCH),
-        "--data.num_workers", "0", "--data.shuffle_buffer", "256", "--data.batches_per_epoch", "100",
-        "--model.init_args.autoencoder", str(ae_ckpt), "--model.init_args.ema_decay", str(EMA_DECAY),
-    ]  # fmt: skip
+        "--data.train",
+        str(latents),
+        "--data.val_shards",
+        "0",
+        "--data.batch_size",
+        str(DIFFUSION_BATCH),
+        "--data.num_workers",
+        "0",
+        "--data.shuffle_buffer",
+        "256",
+        "--data.batches_per_epoch",
+        "100",
+        "--model.init_args.autoencoder",
+        str(ae_ckpt),
+        "--model.init_args.ema_decay",
+        str(EMA_DECAY),
+    ]
     return fit(configs, overrides, out, minutes)
 
 
@@ -173,8 +245,18 @@ def sample_and_evaluate(ckpt: Path, num: int, folder: Path, reference: Path) -> 
     metrics = folder / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())["summary"]
-    settings = SampleSettings(ckpt=str(ckpt), num=num, steps=SAMPLE_STEPS, guidance=GUIDANCE, resolution=MESH_RESOLUTION, batch_size=num, format="ply")
-    report = evaluate_checkpoint(settings, reference, folder, points=EVAL_POINTS, metric="chamfer", class_distance="min")
+    settings = SampleSettings(
+        ckpt=str(ckpt),
+        num=num,
+        steps=SAMPLE_STEPS,
+        guidance=GUIDANCE,
+        resolution=MESH_RESOLUTION,
+        batch_size=num,
+        format="ply",
+    )
+    report = evaluate_checkpoint(
+        settings, reference, folder, points=EVAL_POINTS, metric="chamfer", class_distance="min"
+    )
     write_report(report, folder)
     return report.to_dict()["summary"]
 
@@ -191,7 +273,9 @@ def classifier_ceiling(paths: dict, out: Path) -> dict:
     refs = load_reference(paths["heldout"], EVAL_POINTS, seed=0)
     shapes = load_reference(paths["train"], EVAL_POINTS, seed=1)
     count = min(CEILING_SHAPES, len(shapes.names))
-    distances = pairwise_distances(shapes.points[:count], refs.points, metric="chamfer", normalization="none", seed=0, convention="l1")
+    distances = pairwise_distances(
+        shapes.points[:count], refs.points, metric="chamfer", normalization="none", seed=0, convention="l1"
+    )
     predicted = nearest_classes(distances.value, [e["class"] for e in refs.entries], "min")
     truth = [e["class"] for e in shapes.entries[:count]]
     result = {"shapes": count, "accuracy": sum(a == b for a, b in zip(truth, predicted)) / count}
@@ -208,16 +292,37 @@ def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: 
     latents = out / "latents" / name
     if not (latents / "index.json").is_file():
         encode_shard_set(str(ae_ckpt), str(paths["train"]), str(latents))
-    ckpt = fit_diffusion(diffusion_config, ae_ckpt, latents, out / "diffusion" / f"{name}-text", minutes, image=False)
+    ckpt = fit_diffusion(
+        diffusion_config, ae_ckpt, latents, out / "diffusion" / f"{name}-text", minutes, image=False
+    )
     summary = sample_and_evaluate(ckpt, num, out / "eval" / f"{name}-text", paths["heldout"])
-    return {"backbone": name, "condition": "text", "ae": train_record(ae_ckpt), "diffusion": train_record(ckpt), **summary}
+    return {
+        "backbone": name,
+        "condition": "text",
+        "ae": train_record(ae_ckpt),
+        "diffusion": train_record(ckpt),
+        **summary,
+    }
 
 
 def run_image(name: str, paths: dict, out: Path, minutes: float, per_class: int) -> dict:
     ae_ckpt = out / "autoencoders" / name / "final.ckpt"
-    ckpt = fit_diffusion(BACKBONES[name][1], ae_ckpt, out / "latents" / name, out / "diffusion" / f"{name}-image", minutes, image=True)
+    ckpt = fit_diffusion(
+        BACKBONES[name][1],
+        ae_ckpt,
+        out / "latents" / name,
+        out / "diffusion" / f"{name}-image",
+        minutes,
+        image=True,
+    )
     summary = sample_and_evaluate(ckpt, per_class, out / "eval" / f"{name}-image", paths["heldout"])
-    return {"backbone": name, "condition": "image", "ae": train_record(ae_ckpt), "diffusion": train_record(ckpt), **summary}
+    return {
+        "backbone": name,
+        "condition": "image",
+        "ae": train_record(ae_ckpt),
+        "diffusion": train_record(ckpt),
+        **summary,
+    }
 
 
 def train_record(ckpt: Path) -> dict:
@@ -228,16 +333,28 @@ def train_record(ckpt: Path) -> dict:
 # Report
 
 
-def print_table(results: list[dict], paths: dict, args: argparse.Namespace, load: tuple, ceiling: dict) -> None:
+def print_table(
+    results: list[dict], paths: dict, args: argparse.Namespace, load: tuple, ceiling: dict
+) -> None:
     train, held = load_index(paths["train"]), load_index(paths["heldout"])
-    print(f"data: primitives ({args.poses} poses), {train.num_samples} training / {held.num_samples} held-out shapes (the last shards), "
-          f"12 classes, sizes {train.info['sizes']}")  # fmt: skip
-    print(f"budgets: autoencoder {args.minutes_ae} min, diffusion {args.minutes} min per model (max_time; constant lr after "
-          f"warm-up, EMA {EMA_DECAY}); diffusion batch {DIFFUSION_BATCH}; torch threads {THREADS}; load average before/after: {load[0]} / {load[1]}")  # fmt: skip
-    print(f"sampling: Euler {SAMPLE_STEPS} steps, guidance {GUIDANCE}, marching cubes {MESH_RESOLUTION}^3; text: prompt "
-          f"'a <class>', {args.samples_per_class} samples per class; image: view 0 of {args.samples_per_class} held-out objects per class, 1 sample each")  # fmt: skip
-    print(f"metrics: Chamfer-L1 on {EVAL_POINTS} points per shape vs the held-out set; accuracy = nearest class (min distance) is the prompted one; chance 1/12 = 0.083")
-    print(f"reference, no model: {ceiling['shapes']} training shapes classified by the same rule: accuracy {ceiling['accuracy']:.3f} (the rule's ceiling)")
+    print(
+        f"data: primitives ({args.poses} poses), {train.num_samples} training / {held.num_samples} held-out shapes (the last shards), "
+        f"12 classes, sizes {train.info['sizes']}"
+    )
+    print(
+        f"budgets: autoencoder {args.minutes_ae} min, diffusion {args.minutes} min per model (max_time; constant lr after "
+        f"warm-up, EMA {EMA_DECAY}); diffusion batch {DIFFUSION_BATCH}; torch threads {THREADS}; load average before/after: {load[0]} / {load[1]}"
+    )
+    print(
+        f"sampling: Euler {SAMPLE_STEPS} steps, guidance {GUIDANCE}, marching cubes {MESH_RESOLUTION}^3; text: prompt "
+        f"'a <class>', {args.samples_per_class} samples per class; image: view 0 of {args.samples_per_class} held-out objects per class, 1 sample each"
+    )
+    print(
+        f"metrics: Chamfer-L1 on {EVAL_POINTS} points per shape vs the held-out set; accuracy = nearest class (min distance) is the prompted one; chance 1/12 = 0.083"
+    )
+    print(
+        f"reference, no model: {ceiling['shapes']} training shapes classified by the same rule: accuracy {ceiling['accuracy']:.3f} (the rule's ceiling)"
+    )
     header = f"{'backbone':9} {'cond':5} {'AE steps':>8} {'LDM steps':>9} {'LDM min':>7} {'meshed':>7} {'accuracy':>8} {'acc/meshed':>10} {'MMD':>7} {'COV':>6} {'1-NNA':>6}"
     print(header)
     for r in results:
@@ -246,8 +363,10 @@ def print_table(results: list[dict], paths: dict, args: argparse.Namespace, load
             f"{r['backbone']:9} {r['condition']:5} {r['ae']['steps']:>8} {r['diffusion']['steps']:>9} {r['diffusion']['minutes']:>7.1f} "
             f"{meshed:>7} {fmt(r['prompt_accuracy_of_requested']):>8} {fmt(r.get('prompt_accuracy')):>10} {fmt(r.get('mmd')):>7} "
             f"{fmt(r.get('cov')):>6} {fmt(r.get('1-nna')):>6}"
-        )  # fmt: skip
-    print("accuracy: over all samples asked for (one that decodes to no surface is wrong); acc/meshed: over the meshed ones (the evaluation's prompt_accuracy)")
+        )
+    print(
+        "accuracy: over all samples asked for (one that decodes to no surface is wrong); acc/meshed: over the meshed ones (the evaluation's prompt_accuracy)"
+    )
 
 
 def fmt(value: float | None) -> str:
@@ -257,15 +376,42 @@ def fmt(value: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes-ae", type=float, default=3.0, help="autoencoder training budget per model")
-    parser.add_argument("--minutes", type=float, default=5.0, help="diffusion training budget per model (at most 30)")
+    parser.add_argument(
+        "--minutes", type=float, default=5.0, help="diffusion training budget per model (at most 30)"
+    )
     parser.add_argument("--samples-per-class", type=int, default=5)
-    parser.add_argument("--data", type=Path, help="shard cache (default runs/bench/gen_<poses>_data, or ..._quick with --quick)")
-    parser.add_argument("--out", type=Path, help="run folder (default runs/bench/gen_<poses>, or ..._quick with --quick)")
-    parser.add_argument("--quick", action="store_true", help="96 shapes, 0.5 min per autoencoder, 0.5 per diffusion model, 2 samples per class")
-    parser.add_argument("--backbones", default=",".join(BACKBONES), help="which text-conditioned models to train")
-    parser.add_argument("--image-backbone", default="best", help="the image-conditioned model: 'best' (by text accuracy), 'none', or a backbone")
-    parser.add_argument("--poses", choices=("upright", "any"), default="upright", help="the primitives' poses (data-prep --poses)")
-    parser.add_argument("--ceiling-only", action="store_true", help="build the data, print the accuracy rule's ceiling and stop")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="shard cache (default runs/bench/gen_<poses>_data, or ..._quick with --quick)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="run folder (default runs/bench/gen_<poses>, or ..._quick with --quick)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="96 shapes, 0.5 min per autoencoder, 0.5 per diffusion model, 2 samples per class",
+    )
+    parser.add_argument(
+        "--backbones", default=",".join(BACKBONES), help="which text-conditioned models to train"
+    )
+    parser.add_argument(
+        "--image-backbone",
+        default="best",
+        help="the image-conditioned model: 'best' (by text accuracy), 'none', or a backbone",
+    )
+    parser.add_argument(
+        "--poses",
+        choices=("upright", "any"),
+        default="upright",
+        help="the primitives' poses (data-prep --poses)",
+    )
+    parser.add_argument(
+        "--ceiling-only",
+        action="store_true",
+        help="build the data, print the accuracy rule's ceiling and stop",
+    )
     args = parser.parse_args()
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if set(backbones) - set(BACKBONES) or not backbones:
@@ -285,7 +431,10 @@ def main() -> None:
     load_before = tuple(round(x, 2) for x in os.getloadavg())
     paths = build_data(data, args.quick, args.poses)
     ceiling = classifier_ceiling(paths, out)
-    print(f"prompt-accuracy rule on {ceiling['shapes']} real training shapes ({args.poses} poses): {ceiling['accuracy']:.3f}", flush=True)
+    print(
+        f"prompt-accuracy rule on {ceiling['shapes']} real training shapes ({args.poses} poses): {ceiling['accuracy']:.3f}",
+        flush=True,
+    )
     if args.ceiling_only:
         return
     results = []
@@ -300,7 +449,10 @@ def main() -> None:
     print_table(results, paths, args, (load_before, load_after), ceiling)
     text = {r["backbone"]: r["prompt_accuracy_of_requested"] for r in results if r["condition"] == "text"}
     image = [r["prompt_accuracy_of_requested"] for r in results if r["condition"] == "image"]
-    print(" ".join(f"text_acc_{name}={fmt(text.get(name))}" for name in BACKBONES) + f" image_acc_best={fmt(max(image, default=None))}")
+    print(
+        " ".join(f"text_acc_{name}={fmt(text.get(name))}" for name in BACKBONES)
+        + f" image_acc_best={fmt(max(image, default=None))}"
+    )
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def run_build(items: Iterable[MeshItem], config: BuildConfig) -> BuildSummary:
     for leftover in out.glob(f"{job_name(config.job_index)}-*.tar.tmp"):
         leftover.unlink()
     writer = ShardSequence(out, config, ledger, summary)
-    for result in tqdm(process_all(todo, config), total=len(todo), desc=f"job {job_name(config.job_index)}", unit="obj"):
+    for result in tqdm(
+        process_all(todo, config), total=len(todo), desc=f"job {job_name(config.job_index)}", unit="obj"
+    ):
         if result.ok:
             writer.add(result)
             summary.ok += 1
@@ -120,7 +122,9 @@ def select_items(
         if job_of(item.id, config.num_jobs) != config.job_index:
             continue
         if not VALID_KEY.match(item.id):
-            raise InputError(f"object id {item.id!r} ({item.path}) may hold only letters, digits, '_' and '-'")
+            raise InputError(
+                f"object id {item.id!r} ({item.path}) may hold only letters, digits, '_' and '-'"
+            )
         if item.id in seen:
             raise InputError(f"the source yields object id {item.id!r} twice ({item.path})")
         seen.add(item.id)
@@ -222,7 +226,9 @@ def check_manifest(out: Path, manifest: dict) -> None:
     previous = json.loads(path.read_text())
     for key in ("schema_version", "sizes", "num_jobs", "seed"):
         if json.loads(json.dumps(manifest[key])) != previous.get(key):
-            raise InputError(f"{path}: {key} was {previous.get(key)}, this run asks for {manifest[key]}; use another --out")
+            raise InputError(
+                f"{path}: {key} was {previous.get(key)}, this run asks for {manifest[key]}; use another --out"
+            )
 
 
 def write_manifest(out: Path, manifest: dict) -> None:

@@ -39,17 +39,25 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Sizes()
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--limit", type=positive, help="take the first N objects of the source's stable order")
+    parser.add_argument(
+        "--limit", type=positive, help="take the first N objects of the source's stable order"
+    )
     group = parser.add_argument_group("source options")
     group.add_argument("--root", type=Path, help="local: folder searched recursively for mesh files")
     group.add_argument("--captions-csv", type=Path, help="local/objaverse: CSV of id-or-path,caption")
     group.add_argument("--count", type=positive, default=1000, help="primitives: number of objects")
     group.add_argument("--seed", type=int, default=0, help="primitives: generator seed; all: sampling seed")
-    group.add_argument("--poses", choices=POSES, default="any",
-                       help="primitives: any orientation (named in the caption) or upright with a random turn about the up axis")
+    group.add_argument(
+        "--poses",
+        choices=POSES,
+        default="any",
+        help="primitives: any orientation (named in the caption) or upright with a random turn about the up axis",
+    )
     group.add_argument("--uids-file", type=Path, help="objaverse: file with one uid per line")
     group.add_argument("--cache-dir", type=Path, help="objaverse: the package's cache directory")
-    group.add_argument("--lvis-category", action="append", default=[], help="objaverse: LVIS category (repeatable)")
+    group.add_argument(
+        "--lvis-category", action="append", default=[], help="objaverse: LVIS category (repeatable)"
+    )
     group.add_argument("--download-processes", type=positive, default=1, help="objaverse: parallel downloads")
     jobs = parser.add_argument_group("jobs")
     jobs.add_argument("--job-index", type=at_least(0), default=0)
@@ -58,8 +66,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     jobs.add_argument("--shard-size", type=positive, default=64, help="samples per shard")
     jobs.add_argument("--max-faces", type=positive, default=DEFAULT_MAX_FACES)
     jobs.add_argument("--retry-failed", action="store_true", help="redo objects the ledger records as failed")
-    jobs.add_argument("--repair", action="store_true",
-                      help="set aside this job's damaged shards (as <name>.damaged) and build their objects again")  # fmt: skip
+    jobs.add_argument(
+        "--repair",
+        action="store_true",
+        help="set aside this job's damaged shards (as <name>.damaged) and build their objects again",
+    )
     sizes = parser.add_argument_group("sizes")
     sizes.add_argument("--surface-points", type=positive, default=defaults.surface_points)
     sizes.add_argument("--grid-resolution", type=at_least(2), default=defaults.grid_resolution)
@@ -112,8 +123,21 @@ def size_arguments(sizes: Sizes) -> list[str]:
 
 
 def source_record(args: argparse.Namespace) -> dict:
-    keys = ("source", "limit", "root", "captions_csv", "count", "seed", "poses", "uids_file", "cache_dir", "lvis_category")
-    return {k: (str(v) if isinstance(v, Path) else v) for k in keys if (v := getattr(args, k)) not in (None, [])}
+    keys = (
+        "source",
+        "limit",
+        "root",
+        "captions_csv",
+        "count",
+        "seed",
+        "poses",
+        "uids_file",
+        "cache_dir",
+        "lvis_category",
+    )
+    return {
+        k: (str(v) if isinstance(v, Path) else v) for k in keys if (v := getattr(args, k)) not in (None, [])
+    }
 
 
 def run_build_command(args: argparse.Namespace) -> int:
@@ -150,7 +174,9 @@ def run(argv: list[str]) -> int:
         from data_prep.index import build_index
 
         index = build_index(args.out)
-        print(f"{args.out / 'index.json'}: {index['num_samples']} samples in {len(index['shards'])} shards, {index['num_failed']} failed objects")
+        print(
+            f"{args.out / 'index.json'}: {index['num_samples']} samples in {len(index['shards'])} shards, {index['num_failed']} failed objects"
+        )
         return 0
     from data_prep.report import build_report, format_report
 

@@ -23,15 +23,21 @@ def build_index(out: str | os.PathLike) -> dict:
     out = Path(out)
     manifests = [json.loads(p.read_text()) for p in sorted(out.glob("build-*.json"))]
     if not manifests:
-        raise MissingFileError(f"{out}: no build-*.json manifests; run `python -m data_prep build --out {out}` first")
+        raise MissingFileError(
+            f"{out}: no build-*.json manifests; run `python -m data_prep build --out {out}` first"
+        )
     sizes = manifests[0]["sizes"]
     for manifest in manifests[1:]:
         if manifest["sizes"] != sizes:
-            raise InputError(f"{out}: job {manifest['job_index']} was built with other sizes than job {manifests[0]['job_index']}")
+            raise InputError(
+                f"{out}: job {manifest['job_index']} was built with other sizes than job {manifests[0]['job_index']}"
+            )
     check = check_shards(out)
     if damaged := check.damaged:
         lines = "; ".join(d.line() for d in damaged)
-        raise DamagedShardError(f"{out}: {len(damaged)} damaged shard{'s' * (len(damaged) > 1)}, not indexed: {lines}; {repair_hint(out)}")
+        raise DamagedShardError(
+            f"{out}: {len(damaged)} damaged shard{'s' * (len(damaged) > 1)}, not indexed: {lines}; {repair_hint(out)}"
+        )
     ledger = read_ledgers(out)
     shards = [shard_entry(out / name, count) for name, count in check.intact.items()]
     failed = sum(1 for entry in ledger.values() if entry["status"] == "failed")

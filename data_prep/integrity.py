@@ -81,7 +81,12 @@ def set_aside_damaged(out: Path, job_index: int) -> list[ShardDamage]:
     for damage in damaged:
         path = Path(out) / damage.shard
         os.replace(path, path.with_name(path.name + DAMAGED_SUFFIX))
-        log.warning("set aside damaged shard %s (%s); its %d objects are built again", path, damage.reason, damage.objects)
+        log.warning(
+            "set aside damaged shard %s (%s); its %d objects are built again",
+            path,
+            damage.reason,
+            damage.objects,
+        )
     return damaged
 
 

@@ -25,7 +25,9 @@ def build_report(out: str | os.PathLike) -> dict:
     examples: dict[str, list[str]] = defaultdict(list)
     for entry in failed:
         if len(examples[entry["reason"]]) < 3:
-            examples[entry["reason"]].append(f"{entry['id']} ({entry.get('path')}): {entry.get('detail', '')}")
+            examples[entry["reason"]].append(
+                f"{entry['id']} ({entry.get('path')}): {entry.get('detail', '')}"
+            )
     stage_seconds: dict[str, list[float]] = defaultdict(list)
     for entry in entries:
         if entry["status"] == "ok":
@@ -33,7 +35,8 @@ def build_report(out: str | os.PathLike) -> dict:
                 stage_seconds[stage].append(seconds)
             stage_seconds["total"].append(entry["seconds"])
     timings = {
-        stage: {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES} | {"max": max(values), "sum": sum(values)}
+        stage: {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES}
+        | {"max": max(values), "sum": sum(values)}
         for stage, values in stage_seconds.items()
     }
     return {
@@ -50,7 +53,9 @@ def build_report(out: str | os.PathLike) -> dict:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"objects: {report['objects']}  ok: {report['ok']}  failed: {report['failed']}  damaged: {report['damaged']}"]
+    lines = [
+        f"objects: {report['objects']}  ok: {report['ok']}  failed: {report['failed']}  damaged: {report['damaged']}"
+    ]
     if report["damaged_shards"]:
         lines.append(f"damaged shards ({report['damaged']} objects in them); {report['repair']}:")
         lines.extend(f"  {shard}: {reason}" for shard, reason in report["damaged_shards"].items())

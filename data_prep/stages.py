@@ -57,7 +57,9 @@ def object_rng(object_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, digest])
 
 
-def process_item(item: MeshItem, sizes: Sizes, max_faces: int = DEFAULT_MAX_FACES, seed: int = 0) -> ObjectResult:
+def process_item(
+    item: MeshItem, sizes: Sizes, max_faces: int = DEFAULT_MAX_FACES, seed: int = 0
+) -> ObjectResult:
     """Runs the whole pipeline on one object; failures come back as a result with a reason."""
     start = time.perf_counter()
     result = ObjectResult(id=item.id, path=item.path)
@@ -77,7 +79,9 @@ def process_item(item: MeshItem, sizes: Sizes, max_faces: int = DEFAULT_MAX_FACE
     return result
 
 
-def build_sample(item: MeshItem, sizes: Sizes, max_faces: int, rng: np.random.Generator, clock: StageClock) -> dict:
+def build_sample(
+    item: MeshItem, sizes: Sizes, max_faces: int, rng: np.random.Generator, clock: StageClock
+) -> dict:
     with clock("load"):
         mesh = load_item_mesh(item, max_faces)
     with clock("normalize"):

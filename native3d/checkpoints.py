@@ -20,8 +20,10 @@ from torch import nn
 from native3d.errors import InputError, MissingFileError
 
 Kind = Literal["autoencoder", "diffusion"]
-WHAT = {"autoencoder": "an autoencoder checkpoint (`native3d fit` with a configs/autoencoder YAML)",
-        "diffusion": "a latent-diffusion checkpoint (`native3d fit` with a configs/diffusion YAML)"}  # fmt: skip
+WHAT = {
+    "autoencoder": "an autoencoder checkpoint (`native3d fit` with a configs/autoencoder YAML)",
+    "diffusion": "a latent-diffusion checkpoint (`native3d fit` with a configs/diffusion YAML)",
+}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -53,7 +55,9 @@ def read_checkpoint_of_kind(path: str | os.PathLike, kind: Kind) -> dict:
     checkpoint = read_checkpoint(path)
     found = checkpoint_kind(checkpoint)
     if found != kind:
-        instead = f"it is {WHAT[found].split(' (')[0]}" if found else "its hyperparameters describe neither kind"
+        instead = (
+            f"it is {WHAT[found].split(' (')[0]}" if found else "its hyperparameters describe neither kind"
+        )
         raise InputError(f"{path}: not {WHAT[kind]}; {instead}")
     return checkpoint
 

@@ -67,8 +67,14 @@ def parser_problem(message: str) -> str:
 
 
 NOISE = (  # what Lightning prints on every run that asks nothing of the user
-    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),  # Lightning's own use of a torch API
-    (UserWarning, r"No seed found, seed set to"),  # LightningCLI seeds the run itself; `--seed_everything N` picks the seed
+    (
+        FutureWarning,
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    ),  # Lightning's own use of a torch API
+    (
+        UserWarning,
+        r"No seed found, seed set to",
+    ),  # LightningCLI seeds the run itself; `--seed_everything N` picks the seed
     # A latent-diffusion model's frozen autoencoder and condition encoders stay in eval mode by design.
     (UserWarning, r"Found \d+ module\(s\) in eval mode at the start of training"),
 )
@@ -77,7 +83,9 @@ NOISE = (  # what Lightning prints on every run that asks nothing of the user
 def quiet_lightning() -> None:
     for category, message in NOISE:
         warnings.filterwarnings("ignore", message=message, category=category)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in str(record.msg))
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in str(record.msg)
+    )
 
 
 @contextmanager
@@ -101,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in LIGHTNING_COMMANDS:
         commands.add_parser(name, help=f"LightningCLI {name} (see `native3d {name} --help`)", add_help=False)
-    commands.add_parser("prep", help="data-prep jobs: build | index | report (see `native3d prep --help`)", add_help=False)
-    encode = commands.add_parser("encode", help="a shard set to a latent shard set with an autoencoder checkpoint")
+    commands.add_parser(
+        "prep", help="data-prep jobs: build | index | report (see `native3d prep --help`)", add_help=False
+    )
+    encode = commands.add_parser(
+        "encode", help="a shard set to a latent shard set with an autoencoder checkpoint"
+    )
     encode.add_argument("--ckpt", required=True)
     encode.add_argument("--data", required=True, help="shard set folder or index.json")
     encode.add_argument("--out", required=True)
@@ -116,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=positive, default=8)
     sample.add_argument("--device", default="cuda" if _cuda() else "cpu")
     sample.add_argument("--out", required=True)
-    evaluate = commands.add_parser("evaluate", help="reconstruction metrics of an autoencoder, or generated meshes against a reference set")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="reconstruction metrics of an autoencoder, or generated meshes against a reference set",
+    )
     add_evaluate_arguments(evaluate)
     demo = commands.add_parser("demo", help="the whole pipeline on the embedded data")
     demo.add_argument("--out", default="runs/demo", help="output folder; a rerun reuses finished stages")
@@ -135,7 +150,9 @@ def run_sample(args: argparse.Namespace) -> int:
 
     summary = sample_to_folder(settings_from_args(args), args.out)
     written = sum(1 for s in summary["samples"] if s["file"])
-    print(f"{args.out}: {written} of {len(summary['samples'])} samples meshed, {summary['seconds_per_sample']:.2f}s per sample")
+    print(
+        f"{args.out}: {written} of {len(summary['samples'])} samples meshed, {summary['seconds_per_sample']:.2f}s per sample"
+    )
     return 0
 
 
@@ -158,7 +175,9 @@ def run(argv: list[str]) -> int:
         from native3d.encode import encode_shard_set
 
         info = encode_shard_set(args.ckpt, args.data, args.out, args.batch_size, args.device)
-        print(f"{args.out}/index.json: {info['num_samples']} latents of shape {tuple(info['latent_shape'])} in {len(info['shards'])} shards")
+        print(
+            f"{args.out}/index.json: {info['num_samples']} latents of shape {tuple(info['latent_shape'])} in {len(info['shards'])} shards"
+        )
         return 0
     if args.command == "sample":
         return run_sample(args)

@@ -37,7 +37,11 @@ DIFFUSION = {  # model name -> (diffusion config, autoencoder, extra configs)
     "set_dit": ("set_dit_tiny.yaml", "vecset", []),
     "unet3d": ("unet3d_tiny.yaml", "grid", []),
     "triplane_unet": ("triplane_unet_tiny.yaml", "triplane", []),
-    "triplane_unet_image": ("triplane_unet_tiny.yaml", "triplane", [CONFIGS / "conditioning" / "image_tiny.yaml"]),
+    "triplane_unet_image": (
+        "triplane_unet_tiny.yaml",
+        "triplane",
+        [CONFIGS / "conditioning" / "image_tiny.yaml"],
+    ),
 }
 SAMPLE_STEPS = 25
 MESH_RESOLUTION = 64  # marching-cubes cells per axis for reconstructions and samples
@@ -81,15 +85,32 @@ def build_shards(folder: Path, source: list[str], workers: int) -> None:
     cli(["prep", "report", "--out", folder])
 
 
-def fit(configs: list[Path], run_dir: Path, data: list[str], steps: int, minutes: float, target: Path) -> None:
+def fit(
+    configs: list[Path], run_dir: Path, data: list[str], steps: int, minutes: float, target: Path
+) -> None:
     """`native3d fit`, then the run's last checkpoint copied to `target`."""
     config_args = [a for c in configs for a in ("--config", c)]
-    cli([
-        "fit", *config_args, "--config", CONFIGS / "trainer" / "cpu.yaml", *data,
-        "--trainer.max_steps", steps, "--trainer.max_time", f"00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
-        "--trainer.val_check_interval", steps // 2, "--trainer.default_root_dir", run_dir,
-        "--trainer.logger.init_args.save_dir", run_dir, "--seed_everything", 0,
-    ])  # fmt: skip
+    cli(
+        [
+            "fit",
+            *config_args,
+            "--config",
+            CONFIGS / "trainer" / "cpu.yaml",
+            *data,
+            "--trainer.max_steps",
+            steps,
+            "--trainer.max_time",
+            f"00:00:{int(minutes):02d}:{int(60 * (minutes % 1)):02d}",
+            "--trainer.val_check_interval",
+            steps // 2,
+            "--trainer.default_root_dir",
+            run_dir,
+            "--trainer.logger.init_args.save_dir",
+            run_dir,
+            "--seed_everything",
+            0,
+        ]
+    )
     last = max(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     shutil.copy(last, target.with_name(target.name + ".tmp"))
     target.with_name(target.name + ".tmp").rename(target)
@@ -101,32 +122,106 @@ def run_demo(out: str, workers: int = 2) -> int:
     stages = Stages(out)
     for name, source in SHARD_SETS.items():
         folder = out / "shards" / name
-        stages.run(f"data prep: {name}", folder / "index.json", lambda f=folder, s=source: build_shards(f, s, workers))
-    train_data = ["--data", "native3d.data.datamodule.ShardDataModule", "--data.train", out / "shards" / "primitives",
-                  "--data.val_shards", 1, "--data.batch_size", 8, "--data.num_workers", 0, "--data.batches_per_epoch", 100]  # fmt: skip
+        stages.run(
+            f"data prep: {name}",
+            folder / "index.json",
+            lambda f=folder, s=source: build_shards(f, s, workers),
+        )
+    train_data = [
+        "--data",
+        "native3d.data.datamodule.ShardDataModule",
+        "--data.train",
+        out / "shards" / "primitives",
+        "--data.val_shards",
+        1,
+        "--data.batch_size",
+        8,
+        "--data.num_workers",
+        0,
+        "--data.batches_per_epoch",
+        100,
+    ]
     for name, config in AUTOENCODERS.items():
         ckpt = out / "autoencoders" / f"{name}.ckpt"
         run_dir = out / "autoencoders" / name
         configs = [CONFIGS / "autoencoder" / config]
-        stages.run(f"autoencoder: {name}", ckpt, lambda c=configs, r=run_dir, k=ckpt: fit(c, r, train_data, AE_STEPS, AE_MINUTES, k))
+        stages.run(
+            f"autoencoder: {name}",
+            ckpt,
+            lambda c=configs, r=run_dir, k=ckpt: fit(c, r, train_data, AE_STEPS, AE_MINUTES, k),
+        )
         latents = out / "latents" / name
-        stages.run(f"encode: {name}", latents / "index.json",
-                   lambda k=ckpt, l=latents: cli(["encode", "--ckpt", k, "--data", out / "shards" / "primitives", "--out", l]))  # fmt: skip
-        stages.run(f"evaluate: {name} reconstruction", out / "reconstruction" / name / "metrics.json",
-                   lambda k=ckpt, n=name: cli(["evaluate", "--ckpt", k, "--data", out / "shards" / "primitives_heldout",
-                                               "--out", out / "reconstruction" / n, "--resolution", MESH_RESOLUTION, "--limit", 12]))  # fmt: skip
+        stages.run(
+            f"encode: {name}",
+            latents / "index.json",
+            lambda k=ckpt, d=latents: cli(
+                ["encode", "--ckpt", k, "--data", out / "shards" / "primitives", "--out", d]
+            ),
+        )
+        stages.run(
+            f"evaluate: {name} reconstruction",
+            out / "reconstruction" / name / "metrics.json",
+            lambda k=ckpt, n=name: cli(
+                [
+                    "evaluate",
+                    "--ckpt",
+                    k,
+                    "--data",
+                    out / "shards" / "primitives_heldout",
+                    "--out",
+                    out / "reconstruction" / n,
+                    "--resolution",
+                    MESH_RESOLUTION,
+                    "--limit",
+                    12,
+                ]
+            ),
+        )
     heldout = out / "shards" / "primitives_heldout"
     for name, (config, ae, extra) in DIFFUSION.items():
         ckpt = out / "diffusion" / f"{name}.ckpt"
-        data = ["--config", CONFIGS / "data" / "latents.yaml", "--data.train", out / "latents" / ae,
-                "--data.num_workers", 0, "--model.init_args.autoencoder", out / "autoencoders" / f"{ae}.ckpt"]  # fmt: skip
+        data = [
+            "--config",
+            CONFIGS / "data" / "latents.yaml",
+            "--data.train",
+            out / "latents" / ae,
+            "--data.num_workers",
+            0,
+            "--model.init_args.autoencoder",
+            out / "autoencoders" / f"{ae}.ckpt",
+        ]
         configs = [CONFIGS / "diffusion" / config, *extra]
-        stages.run(f"diffusion: {name}", ckpt,
-                   lambda c=configs, n=name, d=data, k=ckpt: fit(c, out / "diffusion" / n, d, DIFFUSION_STEPS, DIFFUSION_MINUTES, k))  # fmt: skip
+        stages.run(
+            f"diffusion: {name}",
+            ckpt,
+            lambda c=configs, n=name, d=data, k=ckpt: fit(
+                c, out / "diffusion" / n, d, DIFFUSION_STEPS, DIFFUSION_MINUTES, k
+            ),
+        )
         # Text models: "a <class>" per held-out class; the image model: view 0 of the first held-out object of each class.
-        stages.run(f"sample and evaluate: {name}", out / "generation" / name / "metrics.json",
-                   lambda k=ckpt, n=name: cli(["evaluate", "--ckpt", k, "--reference", heldout, "--out", out / "generation" / n,
-                                               "--num", 1, "--steps", SAMPLE_STEPS, "--resolution", MESH_RESOLUTION, "--points", EVAL_POINTS]))  # fmt: skip
+        stages.run(
+            f"sample and evaluate: {name}",
+            out / "generation" / name / "metrics.json",
+            lambda k=ckpt, n=name: cli(
+                [
+                    "evaluate",
+                    "--ckpt",
+                    k,
+                    "--reference",
+                    heldout,
+                    "--out",
+                    out / "generation" / n,
+                    "--num",
+                    1,
+                    "--steps",
+                    SAMPLE_STEPS,
+                    "--resolution",
+                    MESH_RESOLUTION,
+                    "--points",
+                    EVAL_POINTS,
+                ]
+            ),
+        )
     write_contact_sheet(out)
     write_report(out, stages.seconds)
     print(f"== done: {out / 'report.md'}")
@@ -155,7 +250,9 @@ def write_contact_sheet(out: Path, cell: int = 128, label_width: int = 150) -> N
         for c, entry in enumerate(entries):
             left = label_width + c * cell
             if entry.get("render"):
-                sheet.paste(Image.open(folder / entry["render"]).convert("RGB").resize((cell, cell)), (left, top))
+                sheet.paste(
+                    Image.open(folder / entry["render"]).convert("RGB").resize((cell, cell)), (left, top)
+                )
             else:
                 draw.text((left + 6, top + cell // 2), "no surface", fill="gray")
             draw.text((left + 4, top + cell), (entry.get("class") or entry["prompt"])[:20], fill="black")
@@ -171,37 +268,83 @@ def checkpoint_steps(ckpt: Path) -> int | None:
 
 def write_report(out: Path, seconds: dict[str, float]) -> None:
     """`metrics.json` (every evaluation's summary) and `report.md` (what was trained, stage times, metrics)."""
-    metrics = {f"{p.parent.parent.name}_{p.parent.name}": json.loads(p.read_text()).get("summary", {})
-               for kind in ("reconstruction", "generation") for p in sorted((out / kind).glob("*/metrics.json"))}  # fmt: skip
+    metrics = {
+        f"{p.parent.parent.name}_{p.parent.name}": json.loads(p.read_text()).get("summary", {})
+        for kind in ("reconstruction", "generation")
+        for p in sorted((out / kind).glob("*/metrics.json"))
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    lines = ["# native3d demo", "", f"Produced by `native3d demo --out {out}` on the embedded data "
-             f"(primitives with captions and views, {DEMO_SIZES.grid_resolution}^3 grids, {DEMO_SIZES.surface_points} surface points).", "",
-             "## What was trained", "", "| model | config | steps | minutes |", "|---|---|---|---|"]  # fmt: skip
-    trained = {**{f"autoencoder: {n}": (c, out / "autoencoders" / f"{n}.ckpt") for n, c in AUTOENCODERS.items()},
-               **{f"diffusion: {n}": (" + ".join([c, *(e.name for e in extra)]), out / "diffusion" / f"{n}.ckpt")
-                  for n, (c, _, extra) in DIFFUSION.items()}}  # fmt: skip
+    lines = [
+        "# native3d demo",
+        "",
+        f"Produced by `native3d demo --out {out}` on the embedded data "
+        f"(primitives with captions and views, {DEMO_SIZES.grid_resolution}^3 grids, {DEMO_SIZES.surface_points} surface points).",
+        "",
+        "## What was trained",
+        "",
+        "| model | config | steps | minutes |",
+        "|---|---|---|---|",
+    ]
+    trained = {
+        **{f"autoencoder: {n}": (c, out / "autoencoders" / f"{n}.ckpt") for n, c in AUTOENCODERS.items()},
+        **{
+            f"diffusion: {n}": (" + ".join([c, *(e.name for e in extra)]), out / "diffusion" / f"{n}.ckpt")
+            for n, (c, _, extra) in DIFFUSION.items()
+        },
+    }
     for stage, (config, ckpt) in trained.items():
-        lines.append(f"| {stage} | {config} | {checkpoint_steps(ckpt)} | {seconds.get(stage, float('nan')) / 60:.1f} |")
-    lines += ["", "## Reconstruction (held-out primitives)", "", "| autoencoder | IoU | Chamfer-L1 | F-score | no surface |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {stage} | {config} | {checkpoint_steps(ckpt)} | {seconds.get(stage, float('nan')) / 60:.1f} |"
+        )
+    lines += [
+        "",
+        "## Reconstruction (held-out primitives)",
+        "",
+        "| autoencoder | IoU | Chamfer-L1 | F-score | no surface |",
+        "|---|---|---|---|---|",
+    ]
     for name in AUTOENCODERS:
         m = metrics.get(f"reconstruction_{name}", {})
-        lines.append(f"| {name} | {fmt(m.get('volume_iou'))} | {fmt(m.get('chamfer_l1'))} | {fmt(m.get('f_score'))} | {m.get('num_no_surface')} |")
-    lines += ["", "## Generation (against the held-out primitives)", "",
-              "| model | meshed | prompt accuracy | MMD | COV | 1-NNA | s per sample |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {name} | {fmt(m.get('volume_iou'))} | {fmt(m.get('chamfer_l1'))} | {fmt(m.get('f_score'))} | {m.get('num_no_surface')} |"
+        )
+    lines += [
+        "",
+        "## Generation (against the held-out primitives)",
+        "",
+        "| model | meshed | prompt accuracy | MMD | COV | 1-NNA | s per sample |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in DIFFUSION:
         m = metrics.get(f"generation_{name}", {})
         listed = out / "generation" / name / "samples" / "samples.json"
         per_sample = json.loads(listed.read_text())["seconds_per_sample"] if listed.exists() else None
-        lines.append(f"| {name} | {m.get('num_samples')}/{m.get('num_requested')} | {fmt(m.get('prompt_accuracy_of_requested'))} | "
-                     f"{fmt(m.get('mmd'))} | {fmt(m.get('cov'))} | {fmt(m.get('1-nna'))} | {fmt(per_sample)} |")  # fmt: skip
-    lines += ["", "Prompt accuracy: the held-out class nearest to a sample (Chamfer-L1) is the one it was asked for; a sample "
-              "without a surface counts as wrong; chance is 1/12. Text models were asked \"a <class>\"; the image model got "
-              "view 0 of a held-out object of each class. s per sample: the diffusion steps, marching cubes "
-              f"at {MESH_RESOLUTION}^3 (coarse to fine) and the render, in one batch per condition.", "", "## Stages", "", "| stage | seconds |", "|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {name} | {m.get('num_samples')}/{m.get('num_requested')} | {fmt(m.get('prompt_accuracy_of_requested'))} | "
+            f"{fmt(m.get('mmd'))} | {fmt(m.get('cov'))} | {fmt(m.get('1-nna'))} | {fmt(per_sample)} |"
+        )
+    lines += [
+        "",
+        "Prompt accuracy: the held-out class nearest to a sample (Chamfer-L1) is the one it was asked for; a sample "
+        'without a surface counts as wrong; chance is 1/12. Text models were asked "a <class>"; the image model got '
+        "view 0 of a held-out object of each class. s per sample: the diffusion steps, marching cubes "
+        f"at {MESH_RESOLUTION}^3 (coarse to fine) and the render, in one batch per condition.",
+        "",
+        "## Stages",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {s:.1f} |" for name, s in seconds.items()]
-    lines += ["", f"Total: {sum(seconds.values()) / 60:.1f} minutes.", "",
-              "Samples: `generation/<model>/samples/` (meshes, renders, samples.json); all of them in `contact_sheet.png`.", "",
-              "![samples](contact_sheet.png)", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Total: {sum(seconds.values()) / 60:.1f} minutes.",
+        "",
+        "Samples: `generation/<model>/samples/` (meshes, renders, samples.json); all of them in `contact_sheet.png`.",
+        "",
+        "![samples](contact_sheet.png)",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
 
 

@@ -23,7 +23,14 @@ from tqdm import tqdm
 from native3d.checkpoints import load_autoencoder, read_checkpoint, weights_digest
 from native3d.data.datamodule import collate, sample_to_tensors
 from native3d.data.schema import SCHEMA_VERSION, DamagedShardError
-from native3d.data.shards import AtomicShardWriter, iter_samples, load_index, shard_entry, shard_keys, write_index
+from native3d.data.shards import (
+    AtomicShardWriter,
+    iter_samples,
+    load_index,
+    shard_entry,
+    shard_keys,
+    write_index,
+)
 from native3d.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -43,14 +50,22 @@ def encode_shard(autoencoder, index, url: str, target: Path, batch_size: int) ->
     count = 0
     for samples in batched(iter_samples(index, [url]), batch_size):
         batch = collate([sample_to_tensors(s, None, np.random.default_rng(0)) for s in samples])
-        inputs = autoencoder.inputs_from_batch({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+        inputs = autoencoder.inputs_from_batch(
+            {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        )
         posterior = autoencoder.encode(inputs)
         mean, std = posterior.mean.float().cpu().numpy(), posterior.std.float().cpu().numpy()
         for i, sample in enumerate(samples):
-            writer.write(sample["__key__"], {
-                "latent_mean.npy": mean[i], "latent_std.npy": std[i], "views.npy": sample["views.npy"],
-                "caption.txt": sample["caption.txt"], "meta.json": sample["meta.json"],
-            })  # fmt: skip
+            writer.write(
+                sample["__key__"],
+                {
+                    "latent_mean.npy": mean[i],
+                    "latent_std.npy": std[i],
+                    "views.npy": sample["views.npy"],
+                    "caption.txt": sample["caption.txt"],
+                    "meta.json": sample["meta.json"],
+                },
+            )
             count += 1
     writer.commit()
     return count
@@ -61,10 +76,12 @@ def encode_shard_set(ckpt: str, data: str, out: str, batch_size: int = 16, devic
     index = load_index(data)
     out = Path(out)
     manifest = {
-        "autoencoder": str(Path(ckpt).resolve()), "autoencoder_weights": weights_digest(autoencoder),
-        "autoencoder_step": read_checkpoint(ckpt).get("global_step"), "data": str(index.root.resolve()),
+        "autoencoder": str(Path(ckpt).resolve()),
+        "autoencoder_weights": weights_digest(autoencoder),
+        "autoencoder_step": read_checkpoint(ckpt).get("global_step"),
+        "data": str(index.root.resolve()),
         "latent_shape": list(autoencoder.latent_shape),
-    }  # fmt: skip
+    }
     check_manifest(out / "encode.json", manifest)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out / "encode.json", manifest)
@@ -76,8 +93,14 @@ def encode_shard_set(ckpt: str, data: str, out: str, batch_size: int = 16, devic
         if not encoded_already(target, count):
             encode_shard(autoencoder, index, url, target, batch_size)
         shards.append(shard_entry(target, count))
-    info = {"schema_version": SCHEMA_VERSION, "kind": "latent", **manifest, "shards": shards,
-            "num_samples": sum(s["count"] for s in shards), "latent_normalization": latent_normalization(autoencoder)}  # fmt: skip
+    info = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "latent",
+        **manifest,
+        "shards": shards,
+        "num_samples": sum(s["count"] for s in shards),
+        "latent_normalization": latent_normalization(autoencoder),
+    }
     write_index(out, info)
     return info
 
@@ -92,7 +115,9 @@ def encoded_already(target: Path, count: int) -> bool:
         log.warning("encoding %s again: %s", target, error)
         return False
     if found != count:
-        log.warning("encoding %s again: it holds %d latents, its input shard %d samples", target, found, count)
+        log.warning(
+            "encoding %s again: it holds %d latents, its input shard %d samples", target, found, count
+        )
     return found == count
 
 

@@ -29,7 +29,6 @@ from native3d.options import FORMATS
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class SampleSettings:
     ckpt: str
@@ -49,10 +48,19 @@ class SampleSettings:
 def settings_from_args(args) -> SampleSettings:
     """`SampleSettings` from parsed `add_sampling_arguments` options plus --ckpt, --resolution, --seed, --batch-size, --device."""
     return SampleSettings(
-        ckpt=args.ckpt, prompts=args.prompt, images=args.image, num=args.num, steps=args.steps, guidance=args.guidance,
-        resolution=args.resolution, seed=args.seed, batch_size=args.batch_size, format=args.format,
-        coarse_to_fine=not args.dense, device=args.device,
-    )  # fmt: skip
+        ckpt=args.ckpt,
+        prompts=args.prompt,
+        images=args.image,
+        num=args.num,
+        steps=args.steps,
+        guidance=args.guidance,
+        resolution=args.resolution,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        format=args.format,
+        coarse_to_fine=not args.dense,
+        device=args.device,
+    )
 
 
 def conditions(model, settings: SampleSettings) -> list[tuple[str, dict | None]]:
@@ -65,7 +73,9 @@ def conditions(model, settings: SampleSettings) -> list[tuple[str, dict | None]]
 
     if isinstance(model.conditioner, ImageConditioner):
         if settings.prompts or not settings.images:
-            raise InputError(f"{settings.ckpt} is conditioned on images; give --image PNG (or a mesh file to render)")
+            raise InputError(
+                f"{settings.ckpt} is conditioned on images; give --image PNG (or a mesh file to render)"
+            )
         return [(Path(p).stem, image_condition(model, p)) for p in settings.images]
     if settings.images or not settings.prompts:
         raise InputError(f"{settings.ckpt} is conditioned on text; give --prompt TEXT")
@@ -100,8 +110,10 @@ def sample_to_folder(settings: SampleSettings, out: str | os.PathLike, model=Non
     for label, cond in conditions(model, settings):
         for first in range(0, settings.num, settings.batch_size):
             count = min(settings.batch_size, settings.num - first)
-            latents = model.generate(count, repeat_cond(cond, count), settings.steps, settings.guidance, generator)
-            for offset, latent in enumerate(latents):
+            latents = model.generate(
+                count, repeat_cond(cond, count), settings.steps, settings.guidance, generator
+            )
+            for latent in latents:
                 record, render = write_sample(model, latent[None], label, len(records), settings, out)
                 records.append(record)
                 if render is not None:
@@ -109,12 +121,19 @@ def sample_to_folder(settings: SampleSettings, out: str | os.PathLike, model=Non
     seconds = time.perf_counter() - start
     if renders:
         save_png(contact_sheet(renders), out / "contact_sheet.png")
-    summary = {"settings": asdict(settings), "samples": records, "seconds": seconds, "seconds_per_sample": seconds / max(1, len(records))}
+    summary = {
+        "settings": asdict(settings),
+        "samples": records,
+        "seconds": seconds,
+        "seconds_per_sample": seconds / max(1, len(records)),
+    }
     write_json(out / "samples.json", summary)
     return summary
 
 
-def write_sample(model, latent, label: str, index: int, settings: SampleSettings, out: Path) -> tuple[dict, np.ndarray | None]:
+def write_sample(
+    model, latent, label: str, index: int, settings: SampleSettings, out: Path
+) -> tuple[dict, np.ndarray | None]:
     name = f"{index:04d}_{slug(label)}"
     record = {"index": index, "prompt": label, "file": None, "render": None}
     try:

@@ -64,7 +64,34 @@ def primitive_shards(tmp_path_factory) -> Path:
     from data_prep.cli import main as prep
 
     out = tmp_path_factory.mktemp("primitive_shards")
-    sizes = ["--surface-points", "512", "--grid-resolution", "32", "--query-points", "1024", "--views", "1", "--view-size", "32"]
-    assert prep(["build", "--source", "primitives", "--count", "24", "--out", str(out), "--shard-size", "4", *sizes]) == 0
+    sizes = [
+        "--surface-points",
+        "512",
+        "--grid-resolution",
+        "32",
+        "--query-points",
+        "1024",
+        "--views",
+        "1",
+        "--view-size",
+        "32",
+    ]
+    assert (
+        prep(
+            [
+                "build",
+                "--source",
+                "primitives",
+                "--count",
+                "24",
+                "--out",
+                str(out),
+                "--shard-size",
+                "4",
+                *sizes,
+            ]
+        )
+        == 0
+    )
     assert prep(["index", "--out", str(out)]) == 0
     return out

@@ -24,18 +24,31 @@ from native3d.data.schema import grid_coords
 from native3d.training.autoencoder import AutoencoderModule
 
 
-
 def grid_patched() -> GridVAE:
     """The grid VAE that patchifies its input (2^3 patches): R=32 -> features 16^3 -> latent 8^3."""
-    return GridVAE(resolution=32, channels=(8, 16), latent_channels=8, feature_channels=8, head_hidden=32, head_layers=1, patch_size=2)
+    return GridVAE(
+        resolution=32,
+        channels=(8, 16),
+        latent_channels=8,
+        feature_channels=8,
+        head_hidden=32,
+        head_layers=1,
+        patch_size=2,
+    )
 
 
 def triplane_with_points() -> TriplaneVAE:
     """The triplane VAE that also pools surface-point embeddings onto its planes, with 2x2 patches."""
     return TriplaneVAE(
-        resolution=32, channels=(16, 32), latent_channels=8, feature_channels=16, head_hidden=32, head_layers=1,
-        point_channels=8, patch_size=2,
-    )  # fmt: skip
+        resolution=32,
+        channels=(16, 32),
+        latent_channels=8,
+        feature_channels=16,
+        head_hidden=32,
+        head_layers=1,
+        point_channels=8,
+        patch_size=2,
+    )
 
 
 def vecset_encoder_blocks() -> VecSetVAE:
@@ -64,13 +77,17 @@ def sphere_batch(batch_size: int = B, seed: int = 0) -> dict[str, torch.Tensor]:
     sdf_grid = sdf(grid)  # (B, R, R, R) indexed [x, y, z]
     planes = []
     for reduce_axis in (3, 2, 1):  # xy reduces z, xz reduces y, yz reduces x
-        planes.append(torch.stack([sdf_grid.amin(reduce_axis), (sdf_grid < 0).float().mean(reduce_axis)], dim=1))
+        planes.append(
+            torch.stack([sdf_grid.amin(reduce_axis), (sdf_grid < 0).float().mean(reduce_axis)], dim=1)
+        )
     triplane = torch.stack(planes, dim=1)  # (B, 3, 2, R, R)
     uniform = torch.rand(batch_size, Q // 2, 3, generator=g) * 2 - 1
     near = surface[:, : Q // 2, :3] + 0.02 * torch.randn(batch_size, Q // 2, 3, generator=g)
     pts = torch.cat([uniform, near], dim=1)
     query = torch.cat([pts, sdf(pts)[..., None]], dim=-1)  # (B, Q, 4)
-    return {k: v.half() for k, v in dict(surface=surface, sdf=sdf_grid, triplane=triplane, query=query).items()}
+    return {
+        k: v.half() for k, v in dict(surface=surface, sdf=sdf_grid, triplane=triplane, query=query).items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +187,15 @@ def test_patched_models_read_their_features_at_patch_resolution(batch):
     assert latent.shape == (B, 3, 8, 8, 8)
     assert planes.decoder_features(latent).shape == (B, 3, 16, 16, 16)
     unpatched = TriplaneVAE(
-        resolution=32, channels=(16, 32), latent_channels=8, feature_channels=16, head_hidden=32, head_layers=1,
-        patch_size=2, unpatch_features=True,
-    ).eval()  # fmt: skip
+        resolution=32,
+        channels=(16, 32),
+        latent_channels=8,
+        feature_channels=16,
+        head_hidden=32,
+        head_layers=1,
+        patch_size=2,
+        unpatch_features=True,
+    ).eval()
     latent = unpatched.encode(unpatched.inputs_from_batch(batch)).mode()
     assert latent.shape == (B, 3, 8, 8, 8)
     assert unpatched.decoder_features(latent).shape == (B, 3, 16, 32, 32)
@@ -180,9 +203,16 @@ def test_patched_models_read_their_features_at_patch_resolution(batch):
     with pytest.raises(ValueError, match="patch_size > 1"):
         TriplaneVAE(resolution=32, channels=(16, 32), unpatch_features=True)
     one_level = TriplaneVAE(
-        resolution=32, channels=(16,), blocks_per_level=2, latent_channels=8, feature_channels=16, head_hidden=32,
-        head_layers=1, patch_size=2, unpatch_features=True,
-    ).eval()  # fmt: skip
+        resolution=32,
+        channels=(16,),
+        blocks_per_level=2,
+        latent_channels=8,
+        feature_channels=16,
+        head_hidden=32,
+        head_layers=1,
+        patch_size=2,
+        unpatch_features=True,
+    ).eval()
     latent = one_level.encode(one_level.inputs_from_batch(batch)).mode()
     assert latent.shape == (B, 3, 8, 16, 16)  # no downsampling: the latent stays at R / p
     assert one_level.decoder_features(latent).shape == (B, 3, 16, 32, 32)
@@ -324,9 +354,16 @@ def test_bce_and_eikonal_give_finite_gradients(preset, batch):
     points.requires_grad_()
     sdf, posterior = model(inputs, points)
     terms = autoencoder_loss(
-        sdf, target, posterior, kl_weight=1e-3, clamp=TRUNCATION, kind="bce", eikonal_weight=0.1, points=points,
+        sdf,
+        target,
+        posterior,
+        kl_weight=1e-3,
+        clamp=TRUNCATION,
+        kind="bce",
+        eikonal_weight=0.1,
+        points=points,
         iou_weight=0.5,
-    )  # fmt: skip
+    )
     assert set(terms) == {"recon", "kl", "iou", "eikonal", "loss"}
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"]) and terms["eikonal"] > 0 and 0 < terms["iou"] < 1
@@ -364,7 +401,9 @@ def test_soft_iou_weighs_a_thin_shape_like_a_thick_one():
     assert terms["recon"][1] < terms["recon"][0] / 20, "cross-entropy barely sees the thin shape's loss"
     torch.testing.assert_close(terms["iou"], torch.tensor([1.0, 1.0]), atol=0.05, rtol=0)  # IoU sees both
     torch.testing.assert_close(terms["loss"], terms["recon"] + terms["iou"])
-    sure = autoencoder_loss(10 * target, target, posterior, 0.0, 0.1, kind="bce", iou_weight=1.0, reduction="none")
+    sure = autoencoder_loss(
+        10 * target, target, posterior, 0.0, 0.1, kind="bce", iou_weight=1.0, reduction="none"
+    )
     torch.testing.assert_close(sure["iou"], torch.zeros(2), atol=1e-3, rtol=0)
     # A shape with nothing inside, predicted empty, costs nothing; with a one-point phantom inside, 1/2.
     nothing = torch.full((1, 10), 1.0)
@@ -379,7 +418,9 @@ def test_the_training_module_adds_the_soft_iou_term_by_its_weight(batch, iou_wei
     module = AutoencoderModule(vecset_tiny(), loss="bce", kl_weight=1e-3, iou_weight=iou_weight)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # logging without a trainer
-        terms = module.step({**batch, "id": [f"sphere{i}" for i in range(B)]}, "val")  # val: the posterior mode
+        terms = module.step(
+            {**batch, "id": [f"sphere{i}" for i in range(B)]}, "val"
+        )  # val: the posterior mode
     assert ("iou" in terms) == (iou_weight > 0)
     expected = terms["recon"] + 1e-3 * terms["kl"] + iou_weight * terms.get("iou", 0.0)
     torch.testing.assert_close(terms["loss"], expected)
@@ -396,8 +437,12 @@ def test_kl_closed_form():
 def test_eikonal_is_zero_for_a_true_sdf():
     points = (torch.rand(2, 100, 3) * 2 - 1).requires_grad_()
     band = torch.ones(2, 100)
-    torch.testing.assert_close(eikonal_loss(points.norm(dim=-1) - 0.5, points, band), torch.zeros(2), atol=1e-5, rtol=0)
-    torch.testing.assert_close(eikonal_loss(2 * points.norm(dim=-1), points, band), torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        eikonal_loss(points.norm(dim=-1) - 0.5, points, band), torch.zeros(2), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        eikonal_loss(2 * points.norm(dim=-1), points, band), torch.ones(2), atol=1e-5, rtol=0
+    )
     with pytest.raises(ValueError):
         eikonal_loss(points.detach().norm(dim=-1), points.detach(), band)
 
@@ -407,14 +452,36 @@ def test_eikonal_is_zero_for_a_true_sdf():
     [
         lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, use_normals=False),
         lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=1, depth=1, head_mlp_ratio=1),
-        lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, aggregate="concat"),
-        lambda: TriplaneVAE(resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, patch_size=2, unpatch_features=True),
         lambda: TriplaneVAE(
-            resolution=32, channels=(8,), blocks_per_level=2, latent_channels=4, feature_channels=8, patch_size=2,
-            unpatch_features=True, aggregate="concat", point_channels=4,
+            resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, aggregate="concat"
+        ),
+        lambda: TriplaneVAE(
+            resolution=32,
+            channels=(8, 16),
+            latent_channels=4,
+            feature_channels=8,
+            patch_size=2,
+            unpatch_features=True,
+        ),
+        lambda: TriplaneVAE(
+            resolution=32,
+            channels=(8,),
+            blocks_per_level=2,
+            latent_channels=4,
+            feature_channels=8,
+            patch_size=2,
+            unpatch_features=True,
+            aggregate="concat",
+            point_channels=4,
         ),
     ],
-    ids=["vecset-no-normals", "vecset-one-head-small-head-mlp", "triplane-concat", "triplane-unpatched", "triplane-one-level"],
+    ids=[
+        "vecset-no-normals",
+        "vecset-one-head-small-head-mlp",
+        "triplane-concat",
+        "triplane-unpatched",
+        "triplane-one-level",
+    ],
 )
 def test_variants_keep_the_contract(build, batch):
     model = build()
@@ -429,9 +496,13 @@ def test_vecset_qk_norm_reaches_every_attention_layer(batch):
     model = VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, qk_norm=True)
     layers = [m for m in model.modules() if isinstance(m, Attention)]
     assert len(layers) == 3  # encoder cross-attention, one self-attention block, the query head
-    assert all(isinstance(m.q_norm, torch.nn.LayerNorm) and isinstance(m.k_norm, torch.nn.LayerNorm) for m in layers)
+    assert all(
+        isinstance(m.q_norm, torch.nn.LayerNorm) and isinstance(m.k_norm, torch.nn.LayerNorm) for m in layers
+    )
     plain = VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1)
-    assert not any(isinstance(m.q_norm, torch.nn.LayerNorm) for m in plain.modules() if isinstance(m, Attention))
+    assert not any(
+        isinstance(m.q_norm, torch.nn.LayerNorm) for m in plain.modules() if isinstance(m, Attention)
+    )
     assert run(model, batch)[0].isfinite().all()
 
 

@@ -42,7 +42,20 @@ def fingerprint(folder: Path) -> dict[str, str]:
 
 def test_build_reads_back_and_names_failures(real_mesh_folder, tiny_sizes, tmp_path, capsys):
     out = tmp_path / "shards"
-    code = prep(["build", "--source", "local", "--root", str(real_mesh_folder), "--out", str(out), "--shard-size", "4", *size_arguments(tiny_sizes)])
+    code = prep(
+        [
+            "build",
+            "--source",
+            "local",
+            "--root",
+            str(real_mesh_folder),
+            "--out",
+            str(out),
+            "--shard-size",
+            "4",
+            *size_arguments(tiny_sizes),
+        ]
+    )
     assert code == 0
     assert "6 ok, 3 failed" in capsys.readouterr().out
     ledger = Ledger(ledger_path(out, 0)).latest()
@@ -71,7 +84,10 @@ def test_two_jobs_cover_every_object_once(real_mesh_folder, tiny_sizes, tmp_path
     items = list(iter_local(str(real_mesh_folder)))
     out = tmp_path / "split"
     for job in (0, 1):
-        run_build(iter_local(str(real_mesh_folder)), BuildConfig(out=out, sizes=tiny_sizes, job_index=job, num_jobs=2))
+        run_build(
+            iter_local(str(real_mesh_folder)),
+            BuildConfig(out=out, sizes=tiny_sizes, job_index=job, num_jobs=2),
+        )
     per_job = [set(Ledger(ledger_path(out, job)).latest()) for job in (0, 1)]
     assert per_job[0].isdisjoint(per_job[1])
     assert per_job[0] | per_job[1] == {item.id for item in items}
@@ -85,8 +101,21 @@ def test_kill_and_resume_yields_the_uninterrupted_set(real_mesh_folder, tiny_siz
     expected = fingerprint(reference)
 
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "data_prep", "build", "--source", "local", "--root", str(real_mesh_folder),
-               "--out", str(out), "--shard-size", "2", *size_arguments(tiny_sizes)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "data_prep",
+        "build",
+        "--source",
+        "local",
+        "--root",
+        str(real_mesh_folder),
+        "--out",
+        str(out),
+        "--shard-size",
+        "2",
+        *size_arguments(tiny_sizes),
+    ]
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.tar")) and time.monotonic() < deadline and job.poll() is None:
@@ -94,7 +123,23 @@ def test_kill_and_resume_yields_the_uninterrupted_set(real_mesh_folder, tiny_siz
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert list(out.glob("*.tar")), "the job was killed after its first shard"
-    assert prep(["build", "--source", "local", "--root", str(real_mesh_folder), "--out", str(out), "--shard-size", "2", *size_arguments(tiny_sizes)]) == 0
+    assert (
+        prep(
+            [
+                "build",
+                "--source",
+                "local",
+                "--root",
+                str(real_mesh_folder),
+                "--out",
+                str(out),
+                "--shard-size",
+                "2",
+                *size_arguments(tiny_sizes),
+            ]
+        )
+        == 0
+    )
     assert not list(out.glob("*.tmp"))
     assert fingerprint(out) == expected
 

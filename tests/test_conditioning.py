@@ -49,14 +49,29 @@ def tiny_clip(tmp_path_factory, offline) -> Path:
     path = tmp_path_factory.mktemp("tiny_clip")
     # MiniLM's WordPiece tokenizer stands in for CLIP's BPE one (not shipped offline); [SEP] is the EOS.
     tokenizer = AutoTokenizer.from_pretrained(default_text_encoder_path(), local_files_only=True)
-    text = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=77, eos_token_id=tokenizer.sep_token_id)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=32, patch_size=8)
+    text = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
     tokenizer.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        path
+    )
     return path
 
 
@@ -118,8 +133,14 @@ def test_tiny_bert_loads_by_path(tmp_path: Path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     tokenizer = AutoTokenizer.from_pretrained(default_text_encoder_path(), local_files_only=True)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=40)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+    )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -164,12 +185,15 @@ def test_clip_vision_tower_loads_by_path(tiny_clip: Path):
 def test_dinov2_loads_by_path_and_takes_pil_images(tmp_path: Path):
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                          image_size=32, patch_size=8)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8
+    )
     torch.manual_seed(0)
     Dinov2Model(config).save_pretrained(tmp_path)
     # DINOv2 checkpoints ship a BitImageProcessor config.
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path
+    )
 
     encoder = HFImageEncoder(str(tmp_path))
     images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
@@ -215,7 +239,9 @@ def test_view_encoder_is_deterministic_under_seed():
 def test_image_conditioner_picks_views():
     torch.manual_seed(0)
     conditioner = ImageConditioner(view_encoder_tiny(dim=32))
-    views = torch.stack([torch.full((4, 32, 32, 3), 60 * v, dtype=torch.uint8) for v in range(4)], dim=1)  # (B=4, V=4)
+    views = torch.stack(
+        [torch.full((4, 32, 32, 3), 60 * v, dtype=torch.uint8) for v in range(4)], dim=1
+    )  # (B=4, V=4)
     picked = conditioner.pick_views(views, torch.Generator().manual_seed(1))
     again = conditioner.pick_views(views, torch.Generator().manual_seed(1))
     assert torch.equal(picked, again)

@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 from jsonargparse import ArgumentParser
-from lightning.pytorch.cli import LightningCLI
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL = sorted(CONFIGS.rglob("*.yaml"))
@@ -50,7 +49,11 @@ def compose(base: dict, override: dict) -> dict:
         return override
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = compose(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        merged[key] = (
+            compose(base[key], value)
+            if isinstance(value, dict) and isinstance(base.get(key), dict)
+            else value
+        )
     return merged
 
 
@@ -69,7 +72,9 @@ def test_autoencoder_configs_build_their_model(path):
 @pytest.mark.parametrize("path", sorted((CONFIGS / "diffusion").glob("*_tiny.yaml")), ids=lambda p: p.name)
 def test_tiny_diffusion_backbones_fit_their_autoencoders_latents(path):
     model = yaml.safe_load(path.read_text())["model"]["init_args"]
-    ae_config = yaml.safe_load((CONFIGS / "autoencoder" / f"{Path(model['autoencoder']).stem}_tiny.yaml").read_text())
+    ae_config = yaml.safe_load(
+        (CONFIGS / "autoencoder" / f"{Path(model['autoencoder']).stem}_tiny.yaml").read_text()
+    )
     autoencoder = instantiate(ae_config["model"]["init_args"]["autoencoder"])
     backbone = instantiate(model["backbone"])
     x = torch.randn(2, *autoencoder.latent_shape)

@@ -59,8 +59,13 @@ def empty_tar(path: Path) -> None:
         pass
 
 
-DAMAGES = {"cut_at_sample": cut_at_sample, "cut_inside_a_member": cut_inside_a_member,
-           "overwrite_a_header": overwrite_a_header, "empty_tar": empty_tar, "delete": Path.unlink}  # fmt: skip
+DAMAGES = {
+    "cut_at_sample": cut_at_sample,
+    "cut_inside_a_member": cut_inside_a_member,
+    "overwrite_a_header": overwrite_a_header,
+    "empty_tar": empty_tar,
+    "delete": Path.unlink,
+}
 
 
 @pytest.fixture
@@ -71,8 +76,15 @@ def shards(primitive_shards, tmp_path) -> Path:
 
 def stream(index, train: bool, **options) -> ShardStream:
     """Training draws 400 samples (about 100 shards), so it meets a damaged one of six all but surely."""
-    return ShardStream(index, batch_size=2, train=train, convert=ShapeSample(index.sizes, 64), shuffle_buffer=2,
-                       batches_per_epoch=200, **options)  # fmt: skip
+    return ShardStream(
+        index,
+        batch_size=2,
+        train=train,
+        convert=ShapeSample(index.sizes, 64),
+        shuffle_buffer=2,
+        batches_per_epoch=200,
+        **options,
+    )
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
@@ -103,7 +115,10 @@ def test_a_shard_cut_at_a_sample_boundary_says_what_the_index_expected(shards):
     with pytest.raises(DamagedShardError, match=r"bytes, its index records"):
         load_index(shards)  # the recorded size finds it before any sample is read
     index = load_index_without_sizes(shards)
-    with pytest.raises(DamagedShardError, match=rf"{DAMAGED}: its index records 4 samples, the tar holds 2; run `python -m data_prep build --repair"):
+    with pytest.raises(
+        DamagedShardError,
+        match=rf"{DAMAGED}: its index records 4 samples, the tar holds 2; run `python -m data_prep build --repair",
+    ):
         list(iter_samples(index))
 
 
@@ -117,7 +132,9 @@ def test_skip_records_each_damaged_shard_and_reads_all_the_others(shards, tmp_pa
     overwrite_a_header(shards / DAMAGED)
     index = load_index_without_sizes(shards)
     log = tmp_path / "skipped_shards.jsonl"
-    ids = [i for batch in stream(index, train=False, on_corrupt_shard="skip", skip_log=log) for i in batch["id"]]
+    ids = [
+        i for batch in stream(index, train=False, on_corrupt_shard="skip", skip_log=log) for i in batch["id"]
+    ]
     assert len(ids) == 22 == len(set(ids)), "5 intact shards and the 2 samples before the damage"
     (line,) = [json.loads(row) for row in log.read_text().splitlines()]
     assert line["shard"].endswith(DAMAGED) and "holds 2" in line["reason"]
@@ -130,7 +147,9 @@ def test_skip_over_nothing_but_damaged_shards_stops_and_names_them(shards):
     index = load_index_without_sizes(shards)
     for path in sorted(shards.glob("*.tar")):
         empty_tar(path)
-    with pytest.raises(DamagedShardError, match=r"every shard this loader reads is damaged: .*0000-000000.tar"):
+    with pytest.raises(
+        DamagedShardError, match=r"every shard this loader reads is damaged: .*0000-000000.tar"
+    ):
         list(stream(index, train=True, on_corrupt_shard="skip"))
 
 
@@ -153,8 +172,31 @@ def test_shard_keys_finds_the_missing_end_of_archive(shards):
 
 
 def build_args(folder: Path, *extra: str) -> list[str]:
-    sizes = ["--surface-points", "512", "--grid-resolution", "32", "--query-points", "1024", "--views", "1", "--view-size", "32"]
-    return ["build", "--source", "primitives", "--count", "24", "--out", str(folder), "--shard-size", "4", *sizes, *extra]
+    sizes = [
+        "--surface-points",
+        "512",
+        "--grid-resolution",
+        "32",
+        "--query-points",
+        "1024",
+        "--views",
+        "1",
+        "--view-size",
+        "32",
+    ]
+    return [
+        "build",
+        "--source",
+        "primitives",
+        "--count",
+        "24",
+        "--out",
+        str(folder),
+        "--shard-size",
+        "4",
+        *sizes,
+        *extra,
+    ]
 
 
 def arrays(folder: Path) -> dict[str, bytes]:
@@ -168,14 +210,22 @@ def test_index_and_report_name_damaged_shards_and_repair_rebuilds_their_objects(
     capsys.readouterr()
     assert prep(["index", "--out", str(shards)]) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "2 damaged shards" in error and DAMAGED in error and "0000-000004.tar" in error
+    assert (
+        error.count("\n") == 1
+        and "2 damaged shards" in error
+        and DAMAGED in error
+        and "0000-000004.tar" in error
+    )
     assert prep(["report", "--out", str(shards)]) == 1
     report = capsys.readouterr().out
     assert "ok: 16" in report and "damaged: 8" in report and DAMAGED in report
 
     assert prep(build_args(shards, "--repair")) == 0
     assert "8 ok" in capsys.readouterr().out, "only the objects of the two damaged shards are built again"
-    assert sorted(p.name for p in shards.glob("*.damaged")) == [f"{DAMAGED}.damaged", "0000-000004.tar.damaged"]
+    assert sorted(p.name for p in shards.glob("*.damaged")) == [
+        f"{DAMAGED}.damaged",
+        "0000-000004.tar.damaged",
+    ]
     assert prep(["index", "--out", str(shards)]) == 0
     assert arrays(shards) == before, "the repaired set holds every object once, as built the first time"
     assert prep(["report", "--out", str(shards)]) == 0

@@ -15,7 +15,14 @@ def test_ranks_read_disjoint_shards_and_yield_equal_batch_counts(primitive_shard
     index = load_index(primitive_shards)
     seen, counts = [], []
     for rank in range(2):
-        stream = ShardStream(index, batch_size=3, train=True, convert=ShapeSample(index.sizes, 100), shuffle_buffer=4, batches_per_epoch=5)
+        stream = ShardStream(
+            index,
+            batch_size=3,
+            train=True,
+            convert=ShapeSample(index.sizes, 100),
+            shuffle_buffer=4,
+            batches_per_epoch=5,
+        )
         stream.set_rank(rank, 2)
         batches = list(stream)
         counts.append(len(batches))
@@ -26,7 +33,14 @@ def test_ranks_read_disjoint_shards_and_yield_equal_batch_counts(primitive_shard
 
 
 def test_worker_loader_yields_the_epoch_length_and_streams_differ_by_rank(primitive_shards):
-    data = ShardDataModule(str(primitive_shards), val_shards=2, batch_size=2, num_workers=2, batches_per_epoch=7, shuffle_buffer=4)
+    data = ShardDataModule(
+        str(primitive_shards),
+        val_shards=2,
+        batch_size=2,
+        num_workers=2,
+        batches_per_epoch=7,
+        shuffle_buffer=4,
+    )
     torch.manual_seed(0)
     batches = list(data.train_dataloader())
     assert len(batches) == 7
@@ -44,8 +58,15 @@ def test_validation_reads_every_sample_exactly_once(primitive_shards):
 
 
 def test_training_reads_a_fresh_subset_of_the_surface_and_validation_all_of_it(primitive_shards):
-    data = ShardDataModule(str(primitive_shards), val=str(primitive_shards), batch_size=4, num_workers=0,
-                           surface_points=128, shuffle_buffer=4, batches_per_epoch=12)  # fmt: skip
+    data = ShardDataModule(
+        str(primitive_shards),
+        val=str(primitive_shards),
+        batch_size=4,
+        num_workers=0,
+        surface_points=128,
+        shuffle_buffer=4,
+        batches_per_epoch=12,
+    )
     stored = {i: s for b in data.val_dataloader() for i, s in zip(b["id"], b["surface"])}
     assert all(s.shape == (512, 6) for s in stored.values()), "validation keeps every surface point"
     drawn: dict[str, list[set]] = {}

@@ -12,12 +12,29 @@ from native3d.data.schema import Sizes
 
 @pytest.fixture
 def tiny_demo(monkeypatch):
-    monkeypatch.setattr(demo, "DEMO_SIZES", Sizes(surface_points=512, grid_resolution=32, query_points=1024, views=1, view_size=32))
-    monkeypatch.setattr(demo, "SHARD_SETS", {
-        "primitives": ["--source", "primitives", "--count", "24", "--seed", "0", "--shard-size", "8"],
-        "primitives_heldout": ["--source", "primitives", "--count", "12", "--seed", "1", "--shard-size", "12"],
-        "pybullet": ["--source", "pybullet", "--limit", "2", "--shard-size", "2"],
-    })  # fmt: skip
+    monkeypatch.setattr(
+        demo,
+        "DEMO_SIZES",
+        Sizes(surface_points=512, grid_resolution=32, query_points=1024, views=1, view_size=32),
+    )
+    monkeypatch.setattr(
+        demo,
+        "SHARD_SETS",
+        {
+            "primitives": ["--source", "primitives", "--count", "24", "--seed", "0", "--shard-size", "8"],
+            "primitives_heldout": [
+                "--source",
+                "primitives",
+                "--count",
+                "12",
+                "--seed",
+                "1",
+                "--shard-size",
+                "12",
+            ],
+            "pybullet": ["--source", "pybullet", "--limit", "2", "--shard-size", "2"],
+        },
+    )
     monkeypatch.setattr(demo, "AE_STEPS", 2)
     monkeypatch.setattr(demo, "DIFFUSION_STEPS", 2)
     monkeypatch.setattr(demo, "SAMPLE_STEPS", 2)
@@ -32,16 +49,26 @@ def test_the_demo_writes_its_report_and_a_rerun_reuses_every_stage(tiny_demo, tm
     stages = json.loads((out / "stages.json").read_text())
     assert len(stages) == len(demo.SHARD_SETS) + 3 * len(demo.AUTOENCODERS) + 2 * len(demo.DIFFUSION)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {f"reconstruction_{n}" for n in demo.AUTOENCODERS} | {f"generation_{n}" for n in demo.DIFFUSION}
+    assert set(metrics) == {f"reconstruction_{n}" for n in demo.AUTOENCODERS} | {
+        f"generation_{n}" for n in demo.DIFFUSION
+    }
     for name in demo.DIFFUSION:
         summary = metrics[f"generation_{name}"]
         assert summary["num_requested"] == 12, "one sample per held-out class"
         assert summary["num_samples"] + summary["num_failed"] == 12
     report = (out / "report.md").read_text()
-    for heading in ("## What was trained", "## Reconstruction", "## Generation", "## Stages", "contact_sheet.png"):
+    for heading in (
+        "## What was trained",
+        "## Reconstruction",
+        "## Generation",
+        "## Stages",
+        "contact_sheet.png",
+    ):
         assert heading in report
     assert all(f"| diffusion: {n} |" in report for n in demo.DIFFUSION)
-    assert (out / "contact_sheet.png").stat().st_size > 0, "a row per model, 'no surface' where a sample has none"
+    assert (out / "contact_sheet.png").stat().st_size > 0, (
+        "a row per model, 'no surface' where a sample has none"
+    )
     capsys.readouterr()
     assert demo.run_demo(str(out), workers=1) == 0
     printed = capsys.readouterr().out

@@ -153,7 +153,8 @@ def test_dpm_solver_beats_ddim_at_equal_steps():
     noise = torch.randn((256, *SHAPES["set"]), generator=torch.Generator().manual_seed(1))
     model = exact_ddpm_model(mu, s, objective)
     error = {
-        f: (f(model, noise, 20, objective) - (mu + s * noise)).abs().max() for f in (sample_ddim, sample_dpm_solver)
+        f: (f(model, noise, 20, objective) - (mu + s * noise)).abs().max()
+        for f in (sample_ddim, sample_dpm_solver)
     }
     assert error[sample_dpm_solver] < error[sample_ddim] / 3
 
@@ -282,7 +283,9 @@ def test_cfg_uses_one_batched_call_and_a_given_null_cond():
     assert calls == [16]
     expected = toy_conditional_model(x_t, t, {k: v.expand(8, *v.shape[1:]) for k, v in null.items()})
     assert torch.allclose(guided, expected, atol=1e-5)
-    assert torch.equal(cfg_model(toy_conditional_model, 5.0)(x_t, t, None), toy_conditional_model(x_t, t, None))
+    assert torch.equal(
+        cfg_model(toy_conditional_model, 5.0)(x_t, t, None), toy_conditional_model(x_t, t, None)
+    )
 
 
 def test_drop_condition_rate_and_determinism():

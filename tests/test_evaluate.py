@@ -15,7 +15,12 @@ from data_prep.sources.primitives import iter_primitives
 from native3d.cli import main as native3d
 from native3d.data.shards import iter_samples
 from native3d.evaluation.generation import evaluate_generation, prompted_class
-from native3d.evaluation.reconstruction import Reconstruction, reference_mesh, score_reconstructions, summarize
+from native3d.evaluation.reconstruction import (
+    Reconstruction,
+    reference_mesh,
+    score_reconstructions,
+    summarize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,9 @@ def reference_meshes(tmp_path_factory) -> Path:
     for i, item in enumerate(iter_primitives(24, seed=0)):
         name = f"{i:04d}.{('glb', 'obj', 'ply')[i % 3]}"
         item.mesh.export(folder / name)
-        entries.append({"file": name, "prompt": item.caption, **({"class": item.meta["class"]} if i % 2 else {})})
+        entries.append(
+            {"file": name, "prompt": item.caption, **({"class": item.meta["class"]} if i % 2 else {})}
+        )
     (folder / "samples.json").write_text(json.dumps({"samples": entries, "settings": {"sampler": "copies"}}))
     (folder / "corrupt.glb").write_bytes(b"\x00not a mesh" * 64)
     return folder
@@ -51,7 +58,21 @@ def markdown_table(md: str, heading: str) -> list[list[str]]:
 def test_reconstruction_writes_rows_and_means(autoencoder_ckpt, primitive_shards, tmp_path):
     out = tmp_path / "eval"
     args = ["--resolution", "32", "--limit", "4", "--points", "256"]
-    assert native3d(["evaluate", "--ckpt", str(autoencoder_ckpt), "--data", str(primitive_shards), "--out", str(out), *args]) == 0
+    assert (
+        native3d(
+            [
+                "evaluate",
+                "--ckpt",
+                str(autoencoder_ckpt),
+                "--data",
+                str(primitive_shards),
+                "--out",
+                str(out),
+                *args,
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "metrics.json").read_text())
     first = [s["__key__"] for _, s in zip(range(4), iter_samples(primitive_shards))]
     assert data["kind"] == "reconstruction" and [r["id"] for r in data["rows"]] == first
@@ -63,10 +84,17 @@ def test_reconstruction_writes_rows_and_means(autoencoder_ckpt, primitive_shards
     for name in ("chamfer_l1", "f_score", "normal_consistency"):
         expected = np.mean([r[name] for r in meshed]) if meshed else None
         assert summary[name] == pytest.approx(expected)
-    assert all(0 <= r["volume_iou"] <= 1 and r["chamfer_l1"] > 0 and 0 <= r["normal_consistency"] <= 1 for r in meshed)
+    assert all(
+        0 <= r["volume_iou"] <= 1 and r["chamfer_l1"] > 0 and 0 <= r["normal_consistency"] <= 1
+        for r in meshed
+    )
     settings = data["settings"]
     assert settings["chamfer_convention"] == "l1" and settings["metrics"]["chamfer_l1"]["convention"] == "l1"
-    assert settings["fscore_threshold"] == 0.02 and settings["resolution"] == 32 and settings["mesh_points"] == 256
+    assert (
+        settings["fscore_threshold"] == 0.02
+        and settings["resolution"] == 32
+        and settings["mesh_points"] == 256
+    )
 
     md = (out / "metrics.md").read_text()
     assert [row[0] for row in markdown_table(md, "Objects")] == first
@@ -79,7 +107,9 @@ def oracle(sample: dict, shape: dict | None = None, mesh: bool = True) -> Recons
     its stored uniform-query SDF and the marching-cubes mesh of its stored SDF grid."""
     shape = sample if shape is None else shape
     pred = shape["query.npy"][: len(shape["query.npy"]) // 2, 3].astype(np.float32)
-    return Reconstruction(sample["__key__"], sample, pred, reference_mesh(shape) if mesh else None, None if mesh else "none")
+    return Reconstruction(
+        sample["__key__"], sample, pred, reference_mesh(shape) if mesh else None, None if mesh else "none"
+    )
 
 
 def test_a_perfect_reconstruction_beats_a_wrong_one_and_no_surface_is_counted(primitive_shards):
@@ -93,15 +123,29 @@ def test_a_perfect_reconstruction_beats_a_wrong_one_and_no_surface_is_counted(pr
         assert row["volume_iou"] == 1.0 and row["chamfer_l1"] < 0.08 and row["normal_consistency"] > 0.8
     perfect, wrong = rows[0], rows[3]
     assert wrong["volume_iou"] < 0.9 and wrong["chamfer_l1"] > 1.5 * perfect["chamfer_l1"]
-    assert wrong["f_score"] < perfect["f_score"] and wrong["normal_consistency"] < perfect["normal_consistency"]
+    assert (
+        wrong["f_score"] < perfect["f_score"] and wrong["normal_consistency"] < perfect["normal_consistency"]
+    )
     summary = summarize(rows)
     assert summary["num_objects"] == 4 and summary["num_no_surface"] == 1 and summary["num_meshed"] == 3
     assert summary["chamfer_l1"] == pytest.approx(np.mean([rows[i]["chamfer_l1"] for i in (0, 2, 3)]))
 
 
-def test_copies_of_the_reference_cover_it_and_match_their_prompts(reference_meshes, primitive_shards, tmp_path):
+def test_copies_of_the_reference_cover_it_and_match_their_prompts(
+    reference_meshes, primitive_shards, tmp_path
+):
     out = tmp_path / "eval"
-    argv = ["evaluate", "--meshes", str(reference_meshes), "--reference", str(primitive_shards), "--out", str(out), "--points", "512"]
+    argv = [
+        "evaluate",
+        "--meshes",
+        str(reference_meshes),
+        "--reference",
+        str(primitive_shards),
+        "--out",
+        str(out),
+        "--points",
+        "512",
+    ]
     assert native3d(argv) == 0
     data = json.loads((out / "metrics.json").read_text())
     summary = data["summary"]
@@ -112,10 +156,16 @@ def test_copies_of_the_reference_cover_it_and_match_their_prompts(reference_mesh
     assert summary["1-nna"] < 0.2, "copies of the references are each other's nearest neighbours"
     assert summary["prompt_accuracy"] == 1.0 and summary["num_prompted"] == 24
     keys = [s["__key__"] for s in iter_samples(primitive_shards)]
-    assert [r["nearest_reference"] for r in data["rows"]] == keys, "each copy's nearest reference is its original"
+    assert [r["nearest_reference"] for r in data["rows"]] == keys, (
+        "each copy's nearest reference is its original"
+    )
     assert {r["class_from"] for r in data["rows"]} == {"class", "prompt"}
     settings = data["settings"]
-    assert settings["chamfer_convention"] == "l1" and settings["points"] == 512 and "[-0.9, 0.9]" in settings["normalization"]
+    assert (
+        settings["chamfer_convention"] == "l1"
+        and settings["points"] == 512
+        and "[-0.9, 0.9]" in settings["normalization"]
+    )
     assert settings["sampler_settings"] == {"sampler": "copies"}
     assert "corrupt.glb" in (out / "metrics.md").read_text()
 
@@ -126,15 +176,22 @@ def test_exact_emd_a_wrong_prompt_and_samples_without_a_mesh(primitive_shards, t
         item.mesh.export(tmp_path / f"{i}.obj")
     wrong = next(c for c in ("box", "sphere", "torus") if c != items[0].meta["class"])
     entries = [
-        {"file": "0.obj", "class": wrong}, {"file": "1.obj", "prompt": "something"},
-        {"index": 7, "file": None, "prompt": "a mug", "error": "no surface: ..."}, {"file": "gone.glb"},
-    ]  # fmt: skip
+        {"file": "0.obj", "class": wrong},
+        {"file": "1.obj", "prompt": "something"},
+        {"index": 7, "file": None, "prompt": "a mug", "error": "no surface: ..."},
+        {"file": "gone.glb"},
+    ]
     (tmp_path / "samples.json").write_text(json.dumps({"samples": entries, "settings": {}}))
     report = evaluate_generation(tmp_path, primitive_shards, points=64, metric="emd")
-    assert report.settings["emd_backend"] == "exact" and report.settings["metrics"]["mmd"]["distance"] == "emd"
+    assert (
+        report.settings["emd_backend"] == "exact" and report.settings["metrics"]["mmd"]["distance"] == "emd"
+    )
     assert report.summary["num_samples"] == 3 and report.summary["num_prompted"] == 1
     assert report.summary["prompt_accuracy"] == 0.0 and report.summary["num_unlabelled"] == 2
-    assert [(f["id"], f["reason"]) for f in report.failures] == [("sample 7 (a mug)", "no_file"), ("gone.glb", "missing_file")]
+    assert [(f["id"], f["reason"]) for f in report.failures] == [
+        ("sample 7 (a mug)", "no_file"),
+        ("gone.glb", "missing_file"),
+    ]
     assert report.summary["num_failed"] == 2
 
 
@@ -149,7 +206,9 @@ def test_an_empty_folder_or_reference_is_a_clear_error(primitive_shards, tmp_pat
     with pytest.raises(FileNotFoundError, match="index.json"):
         evaluate_generation(tmp_path / "bad", tmp_path / "empty")
     (tmp_path / "none").mkdir()
-    (tmp_path / "none" / "index.json").write_text(json.dumps({"schema_version": 1, "sizes": {}, "shards": []}))
+    (tmp_path / "none" / "index.json").write_text(
+        json.dumps({"schema_version": 1, "sizes": {}, "shards": []})
+    )
     with pytest.raises(ValueError, match="holds no samples"):
         evaluate_generation(tmp_path / "bad", tmp_path / "none")
 

@@ -76,11 +76,17 @@ def test_queries_layout_and_signed_distance(duck):
     query = sample_queries(duck.vertices, duck.faces, count, SIGMAS, TRUNCATION, np.random.default_rng(3))
     assert query.shape == (count, 4) and query.dtype == np.float32
     assert np.abs(query[:, :3]).max() <= 1.0
-    np.testing.assert_allclose(query[:, 3], signed_distance(duck.vertices, duck.faces, query[:, :3], TRUNCATION), atol=1e-6)
+    np.testing.assert_allclose(
+        query[:, 3], signed_distance(duck.vertices, duck.faces, query[:, :3], TRUNCATION), atol=1e-6
+    )
     uniform, fine, coarse = query[:2000, :3], query[2000:3001, :3], query[3001:, :3]
-    assert np.abs(uniform.mean(axis=0)).max() < 0.05 and uniform.std(axis=0).min() > 0.5  # spread over the cube
+    assert (
+        np.abs(uniform.mean(axis=0)).max() < 0.05 and uniform.std(axis=0).min() > 0.5
+    )  # spread over the cube
     d_fine, d_coarse = distance_to(duck, fine), distance_to(duck, coarse)
-    assert np.median(d_fine) < SIGMAS[0] < np.median(d_coarse) < SIGMAS[1]  # Gaussian offsets shrink to the surface
+    assert (
+        np.median(d_fine) < SIGMAS[0] < np.median(d_coarse) < SIGMAS[1]
+    )  # Gaussian offsets shrink to the surface
     assert np.median(distance_to(duck, uniform)) > 2 * SIGMAS[1]
 
 

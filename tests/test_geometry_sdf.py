@@ -80,7 +80,9 @@ def test_grid_matches_pointwise_evaluation(relative):
 def test_band_candidates_contain_the_band(relative):
     mesh = normalized(relative)
     resolution = 48
-    sq_dist, _, _ = igl.point_mesh_squared_distance(grid_points(resolution), mesh.vertices, mesh.faces.astype(np.int64))
+    sq_dist, _, _ = igl.point_mesh_squared_distance(
+        grid_points(resolution), mesh.vertices, mesh.faces.astype(np.int64)
+    )
     band = np.sqrt(sq_dist).reshape((resolution,) * 3) < TRUNCATION
     candidates = band_candidates(mesh.vertices, mesh.faces, resolution, TRUNCATION)
     assert not (band & ~candidates).any()
@@ -91,7 +93,9 @@ def test_sign_survives_holes():
     closed = normalized("bunny.obj", merge=True)
     rng = np.random.default_rng(3)
     keep = np.ones(len(closed.faces), dtype=bool)
-    keep[rng.choice(len(closed.faces), size=len(closed.faces) // 10, replace=False)] = False  # 10% of faces gone
+    keep[rng.choice(len(closed.faces), size=len(closed.faces) // 10, replace=False)] = (
+        False  # 10% of faces gone
+    )
     holed = trimesh.Trimesh(closed.vertices, closed.faces[keep], process=False)
     assert not holed.is_watertight
     pts = rng.uniform(-1, 1, size=(4000, 3))

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training import CONFIGS, fit
 
+from native3d.checkpoints import load_diffusion
 from native3d.cli import main as native3d
 from native3d.data.shards import iter_samples
 from native3d.encode import encode_shard_set
-from native3d.checkpoints import load_diffusion
 from native3d.errors import InputError
 from native3d.sampling import SampleSettings, sample_to_folder
-
-from test_training import CONFIGS, fit
 
 PAIRS = {  # diffusion config -> the autoencoder config whose latents it denoises
     "set_dit_tiny.yaml": "vecset_tiny.yaml",
@@ -36,15 +35,48 @@ def latent_sets(primitive_shards, tmp_path_factory) -> dict[str, tuple[Path, Pat
     return sets
 
 
-def fit_diffusion(config: str, ae: Path, latents: Path, out: Path, steps: int, extra: tuple[str, ...] = ()) -> Path:
-    assert native3d([
-        "fit", "--config", str(CONFIGS / "diffusion" / config), *extra, "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
-        "--config", str(CONFIGS / "data" / "latents.yaml"), "--data.train", str(latents), "--data.batch_size", "4",
-        "--data.num_workers", "0", "--data.batches_per_epoch", str(steps), "--model.init_args.autoencoder", str(ae),
-        "--model.init_args.sample_steps", "4", "--model.init_args.mesh_resolution", "32",
-        "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out), "--seed_everything", "0",
-    ]) == 0  # fmt: skip
+def fit_diffusion(
+    config: str, ae: Path, latents: Path, out: Path, steps: int, extra: tuple[str, ...] = ()
+) -> Path:
+    assert (
+        native3d(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "diffusion" / config),
+                *extra,
+                "--config",
+                str(CONFIGS / "trainer" / "cpu.yaml"),
+                "--config",
+                str(CONFIGS / "data" / "latents.yaml"),
+                "--data.train",
+                str(latents),
+                "--data.batch_size",
+                "4",
+                "--data.num_workers",
+                "0",
+                "--data.batches_per_epoch",
+                str(steps),
+                "--model.init_args.autoencoder",
+                str(ae),
+                "--model.init_args.sample_steps",
+                "4",
+                "--model.init_args.mesh_resolution",
+                "32",
+                "--trainer.max_steps",
+                str(steps),
+                "--trainer.val_check_interval",
+                str(steps),
+                "--trainer.default_root_dir",
+                str(out),
+                "--trainer.logger.init_args.save_dir",
+                str(out),
+                "--seed_everything",
+                "0",
+            ]
+        )
+        == 0
+    )
     return next(out.rglob("last.ckpt"))
 
 
@@ -54,9 +86,12 @@ def test_fit_reload_sample_writes_meshes(config, latent_sets, tmp_path):
     ckpt = fit_diffusion(config, ae, latents, tmp_path / "run", steps=8)
     model = load_diffusion(ckpt)
     assert model.latent_shape == tuple(json.loads((latents / "index.json").read_text())["latent_shape"])
-    assert not any(k.startswith("conditioner.encoder.") for k in torch.load(ckpt, weights_only=False)["state_dict"]), \
-        "the frozen text encoder is re-loaded by name, not stored"
-    settings = SampleSettings(ckpt=str(ckpt), prompts=["a mug with a handle"], num=3, steps=4, resolution=32, format="obj")
+    assert not any(
+        k.startswith("conditioner.encoder.") for k in torch.load(ckpt, weights_only=False)["state_dict"]
+    ), "the frozen text encoder is re-loaded by name, not stored"
+    settings = SampleSettings(
+        ckpt=str(ckpt), prompts=["a mug with a handle"], num=3, steps=4, resolution=32, format="obj"
+    )
     summary = sample_to_folder(settings, tmp_path / "samples")
     assert len(summary["samples"]) == 3
     written = [s for s in summary["samples"] if s["file"]]
@@ -78,30 +113,56 @@ def one_error_line(capsys) -> str:
 def test_prompt_to_an_unconditional_model_is_refused(latent_sets, tmp_path, capsys):
     ae, latents = latent_sets["vecset_tiny.yaml"]
     uncond = str(CONFIGS / "conditioning" / "unconditional.yaml")
-    ckpt = fit_diffusion("set_dit_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", uncond))
+    ckpt = fit_diffusion(
+        "set_dit_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", uncond)
+    )
     with pytest.raises(InputError, match="unconditional model"):
         sample_to_folder(SampleSettings(ckpt=str(ckpt), prompts=["a chair"]), tmp_path / "out")
     capsys.readouterr()
-    assert native3d(["sample", "--ckpt", str(ckpt), "--prompt", "a chair", "--out", str(tmp_path / "out")]) == 2
+    assert (
+        native3d(["sample", "--ckpt", str(ckpt), "--prompt", "a chair", "--out", str(tmp_path / "out")]) == 2
+    )
     assert "unconditional model; it takes no --prompt" in one_error_line(capsys)
-    summary = sample_to_folder(SampleSettings(ckpt=str(ckpt), num=2, steps=2, resolution=32), tmp_path / "out")
+    summary = sample_to_folder(
+        SampleSettings(ckpt=str(ckpt), num=2, steps=2, resolution=32), tmp_path / "out"
+    )
     assert len(summary["samples"]) == 2
 
 
 def test_image_conditioned_model_samples_from_a_png_and_names_a_bad_image(latent_sets, tmp_path, capsys):
     ae, latents = latent_sets["triplane_tiny.yaml"]
     image = str(CONFIGS / "conditioning" / "image_tiny.yaml")
-    ckpt = fit_diffusion("triplane_unet_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", image))
+    ckpt = fit_diffusion(
+        "triplane_unet_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", image)
+    )
     from PIL import Image
 
     Image.new("RGB", (48, 48), (200, 100, 50)).save(tmp_path / "cond.png")
-    summary = sample_to_folder(SampleSettings(ckpt=str(ckpt), images=[str(tmp_path / "cond.png")], num=1, steps=2, resolution=32), tmp_path / "out")
+    summary = sample_to_folder(
+        SampleSettings(ckpt=str(ckpt), images=[str(tmp_path / "cond.png")], num=1, steps=2, resolution=32),
+        tmp_path / "out",
+    )
     assert summary["samples"][0]["prompt"] == "cond"
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(InputError, match="bad.png"):
-        sample_to_folder(SampleSettings(ckpt=str(ckpt), images=[str(tmp_path / "bad.png")]), tmp_path / "out2")
+        sample_to_folder(
+            SampleSettings(ckpt=str(ckpt), images=[str(tmp_path / "bad.png")]), tmp_path / "out2"
+        )
     capsys.readouterr()
-    assert native3d(["sample", "--ckpt", str(ckpt), "--image", str(tmp_path / "bad.png"), "--out", str(tmp_path / "out2")]) == 2
+    assert (
+        native3d(
+            [
+                "sample",
+                "--ckpt",
+                str(ckpt),
+                "--image",
+                str(tmp_path / "bad.png"),
+                "--out",
+                str(tmp_path / "out2"),
+            ]
+        )
+        == 2
+    )
     assert "bad.png: not a readable image" in one_error_line(capsys)
 
 
@@ -109,7 +170,9 @@ def test_wrong_checkpoints_are_named(latent_sets, tmp_path):
     ae, _ = latent_sets["vecset_tiny.yaml"]
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         load_diffusion(tmp_path / "nope.ckpt")
-    with pytest.raises(InputError, match="not a latent-diffusion checkpoint .*; it is an autoencoder checkpoint"):
+    with pytest.raises(
+        InputError, match="not a latent-diffusion checkpoint .*; it is an autoencoder checkpoint"
+    ):
         load_diffusion(ae)
 
 
@@ -120,38 +183,52 @@ def evaluate_checkpoint_cli(ckpt: Path, reference: Path, out: Path, *extra: str)
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_evaluate_samples_a_text_checkpoint_per_reference_class_and_reuses_the_samples(latent_sets, primitive_shards, tmp_path):
+def test_evaluate_samples_a_text_checkpoint_per_reference_class_and_reuses_the_samples(
+    latent_sets, primitive_shards, tmp_path
+):
     ae, latents = latent_sets["triplane_tiny.yaml"]
     ckpt = fit_diffusion("triplane_unet_tiny.yaml", ae, latents, tmp_path / "run", steps=2)
     classes = {s["meta.json"]["class"] for s in iter_samples(primitive_shards)}
     metrics = evaluate_checkpoint_cli(ckpt, primitive_shards, tmp_path / "eval", "--num", "2")
     listed = json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["samples"]
     assert sorted(e["prompt"] for e in listed) == sorted(f"a {c}" for c in classes for _ in range(2))
-    assert all(e["class"] == e["prompt"][2:] for e in listed), "every sample is tagged with the class it was asked for"
+    assert all(e["class"] == e["prompt"][2:] for e in listed), (
+        "every sample is tagged with the class it was asked for"
+    )
     summary = metrics["summary"]
     assert summary["num_requested"] == 2 * len(classes)
     assert summary["num_samples"] + summary["num_failed"] == summary["num_requested"]
     assert metrics["inputs"]["ckpt"] == str(ckpt)
     if summary["num_samples"]:
         assert summary["num_prompted"] == summary["num_samples"]
-        assert summary["prompt_accuracy_of_requested"] == pytest.approx(summary["prompt_accuracy"] * summary["num_samples"] / summary["num_requested"])
+        assert summary["prompt_accuracy_of_requested"] == pytest.approx(
+            summary["prompt_accuracy"] * summary["num_samples"] / summary["num_requested"]
+        )
     stamp = (tmp_path / "eval" / "samples" / "samples.json").stat().st_mtime_ns
     evaluate_checkpoint_cli(ckpt, primitive_shards, tmp_path / "eval", "--num", "2")
-    assert (tmp_path / "eval" / "samples" / "samples.json").stat().st_mtime_ns == stamp, "same settings: samples reused"
+    assert (tmp_path / "eval" / "samples" / "samples.json").stat().st_mtime_ns == stamp, (
+        "same settings: samples reused"
+    )
     evaluate_checkpoint_cli(ckpt, primitive_shards, tmp_path / "eval", "--num", "1")
-    assert len(json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["samples"]) == len(classes)
+    assert len(json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["samples"]) == len(
+        classes
+    )
 
 
 def test_evaluate_conditions_an_image_checkpoint_on_reference_views(latent_sets, primitive_shards, tmp_path):
     ae, latents = latent_sets["triplane_tiny.yaml"]
     image = str(CONFIGS / "conditioning" / "image_tiny.yaml")
-    ckpt = fit_diffusion("triplane_unet_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", image))
+    ckpt = fit_diffusion(
+        "triplane_unet_tiny.yaml", ae, latents, tmp_path / "run", steps=2, extra=("--config", image)
+    )
     metrics = evaluate_checkpoint_cli(ckpt, primitive_shards, tmp_path / "eval", "--num", "1")
     views = sorted((tmp_path / "eval" / "conditions").glob("*.png"))
     per_class = {}
     for sample in iter_samples(primitive_shards):
         per_class.setdefault(sample["meta.json"]["class"], sample["__key__"])
-    assert [v.name for v in views] == sorted(f"{c}-{key}.png" for c, key in per_class.items()), "view 0 of the first object of each class"
+    assert [v.name for v in views] == sorted(f"{c}-{key}.png" for c, key in per_class.items()), (
+        "view 0 of the first object of each class"
+    )
     listed = json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["samples"]
     assert sorted(e["class"] for e in listed) == sorted(per_class)
     assert metrics["summary"]["num_requested"] == len(per_class)

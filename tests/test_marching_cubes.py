@@ -7,7 +7,13 @@ import pytest
 import trimesh
 from scipy.spatial import cKDTree
 
-from native3d.geometry.marching_cubes import NoSurfaceError, coarse_to_fine_grid, dense_grid, extract_mesh, marching_cubes
+from native3d.geometry.marching_cubes import (
+    NoSurfaceError,
+    coarse_to_fine_grid,
+    dense_grid,
+    extract_mesh,
+    marching_cubes,
+)
 
 
 def sphere(points: np.ndarray) -> np.ndarray:

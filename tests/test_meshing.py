@@ -25,7 +25,9 @@ def test_query_of_decoder_features_is_decode(preset):
     features = model.decoder_features(latent)
     torch.testing.assert_close(model.query(features, points), model.decode(latent, points), rtol=0, atol=0)
     # The features serve any number of query calls: two halves of the points read the same values.
-    halves = torch.cat([model.query(features, points[:, :150]), model.query(features, points[:, 150:])], dim=1)
+    halves = torch.cat(
+        [model.query(features, points[:, :150]), model.query(features, points[:, 150:])], dim=1
+    )
     torch.testing.assert_close(halves, model.decode(latent, points), rtol=1e-5, atol=1e-6)
 
 
@@ -51,7 +53,9 @@ def sphere_batch() -> dict[str, torch.Tensor]:
     axis = torch.as_tensor(grid_coords(32), dtype=torch.float32)
     grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)  # (R, R, R, 3)
     sdf_grid = (grid.norm(dim=-1) - RADIUS).clamp(-TRUNCATION, TRUNCATION)  # (R, R, R) indexed [x, y, z]
-    planes = [torch.stack([sdf_grid.amin(a), (sdf_grid < 0).float().mean(a)]) for a in (2, 1, 0)]  # xy, xz, yz
+    planes = [
+        torch.stack([sdf_grid.amin(a), (sdf_grid < 0).float().mean(a)]) for a in (2, 1, 0)
+    ]  # xy, xz, yz
     g = torch.Generator().manual_seed(0)
     uniform = torch.rand(512, 3, generator=g) * 2 - 1
     directions = torch.nn.functional.normalize(torch.randn(512, 3, generator=g), dim=-1)

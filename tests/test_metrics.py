@@ -109,7 +109,9 @@ def test_f_score_hand_built():
     # plus one stray prediction far away. At tau = 0.1: precision 2/5, recall 2/4.
     ref = torch.tensor([[[0.0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]]])
     offsets = torch.tensor([0.05, 0.2, 0.05, 0.3])
-    pred = torch.cat([ref[0] + offsets[:, None] * torch.tensor([1.0, 0, 0]), torch.tensor([[50.0, 50, 50]])])[None]
+    pred = torch.cat([ref[0] + offsets[:, None] * torch.tensor([1.0, 0, 0]), torch.tensor([[50.0, 50, 50]])])[
+        None
+    ]
     result = f_score(pred, ref, threshold=0.1)
     p, r = 2 / 5, 2 / 4
     assert result.parts["precision"].item() == pytest.approx(p)
@@ -174,7 +176,10 @@ def test_normalization_options():
     flat = glob_ref.reshape(-1, 3)
     assert (flat.amax(0) - flat.amin(0)).amax().item() == pytest.approx(1.0)
     # One shared map keeps the ratio of distances between the two sets.
-    ratio = chamfer_distance(glob_x, glob_ref, convention="l1").value / chamfer_distance(x, ref, convention="l1").value
+    ratio = (
+        chamfer_distance(glob_x, glob_ref, convention="l1").value
+        / chamfer_distance(x, ref, convention="l1").value
+    )
     torch.testing.assert_close(ratio, ratio[:1].expand(2))
     scaled = chamfer_distance(x * 7.0, ref, convention="l1", normalization="unit_box")
     base = chamfer_distance(x, ref, convention="l1", normalization="unit_box")
@@ -203,7 +208,9 @@ def test_volume_iou_hand_built():
     occ = volume_iou((sdf_pred < 0).float(), (sdf_ref < 0), kind="occupancy")
     torch.testing.assert_close(occ.value, result.value)
     assert result.settings == {"metric": "volume_iou", "field": "sdf", "num_queries": 6}
-    looped = torch.cat([volume_iou(sdf_pred[i : i + 1], sdf_ref[i : i + 1], kind="sdf").value for i in range(2)])
+    looped = torch.cat(
+        [volume_iou(sdf_pred[i : i + 1], sdf_ref[i : i + 1], kind="sdf").value for i in range(2)]
+    )
     torch.testing.assert_close(looped, result.value)
 
 
@@ -224,7 +231,9 @@ def test_volume_iou_of_two_spheres():
 
 def test_pairwise_chamfer_matches_pairs_and_chunking():
     s, r = clouds(5, 40, seed=23), clouds(7, 40, seed=24)
-    full = pairwise_distances(s, r, metric="chamfer", convention="l2_squared", pair_chunk=1000, point_chunk=1000)
+    full = pairwise_distances(
+        s, r, metric="chamfer", convention="l2_squared", pair_chunk=1000, point_chunk=1000
+    )
     chunked = pairwise_distances(s, r, metric="chamfer", convention="l2_squared", pair_chunk=3, point_chunk=6)
     torch.testing.assert_close(full.value, chunked.value, rtol=0, atol=0)
     expected = torch.tensor([[kdtree_chamfer(a.numpy(), b.numpy(), "l2_squared") for b in r] for a in s])

@@ -29,22 +29,61 @@ def launch_two_nodes(shards: Path, out: Path, steps: int, ckpt: Path | None = No
         f"    - class_path: multinode_probe.BatchRecorder\n      init_args: {{folder: '{out}'}}\n"
     )
     command = [
-        sys.executable, "-m", "native3d.cli", "fit",
-        "--config", str(CONFIGS / "autoencoder" / "triplane_tiny.yaml"), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
-        "--config", str(extra), "--trainer.num_nodes", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(out), "--model.init_args.stats_batches", "1",
-        "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(shards), "--data.batch_size", "2",
-        "--data.num_workers", "0", "--data.query_points", "256", "--data.shuffle_buffer", "4",
-        "--data.batches_per_epoch", "3", "--seed_everything", "0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "native3d.cli",
+        "fit",
+        "--config",
+        str(CONFIGS / "autoencoder" / "triplane_tiny.yaml"),
+        "--config",
+        str(CONFIGS / "trainer" / "cpu.yaml"),
+        "--config",
+        str(extra),
+        "--trainer.num_nodes",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--model.init_args.stats_batches",
+        "1",
+        "--data",
+        "native3d.data.datamodule.ShardDataModule",
+        "--data.train",
+        str(shards),
+        "--data.batch_size",
+        "2",
+        "--data.num_workers",
+        "0",
+        "--data.query_points",
+        "256",
+        "--data.shuffle_buffer",
+        "4",
+        "--data.batches_per_epoch",
+        "3",
+        "--seed_everything",
+        "0",
+    ]
     if ckpt is not None:
         command += ["--ckpt_path", str(ckpt)]
     port = str(free_port())
     procs = []
     for node in (0, 1):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(node), "LOCAL_RANK": "0",
-               "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "NODE_RANK": str(node),
+            "LOCAL_RANK": "0",
+            "GLOO_SOCKET_IFNAME": "lo",
+            "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        }
         log = open(out / f"node{node}.log", "w")
         procs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
     for node, proc in enumerate(procs):

@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from native3d.autoencoders.vecset import vecset_tiny
-from native3d.training.optim import MuonAdamW, build_optimizer, hidden_matrices, warmup_cosine, warmup_cosine_scheduler
+from native3d.training.optim import (
+    MuonAdamW,
+    build_optimizer,
+    hidden_matrices,
+    warmup_cosine,
+    warmup_cosine_scheduler,
+)
 
 
 def names_of(model: nn.Module, params) -> set[str]:
@@ -36,7 +42,12 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     model = vecset_tiny()
     hidden = names_of(model, hidden_matrices(model))
     assert {"point_embed.proj.weight", "head.point_embed.proj.weight", "head.out.weight"}.isdisjoint(hidden)
-    assert {"encoder.cross_attn.to_q.weight", "blocks.0.mlp.fc1.weight", "to_moments.weight", "head.cross.mlp.fc2.weight"} <= hidden
+    assert {
+        "encoder.cross_attn.to_q.weight",
+        "blocks.0.mlp.fc1.weight",
+        "to_moments.weight",
+        "head.cross.mlp.fc2.weight",
+    } <= hidden
     assert all(p.ndim == 2 for p in hidden_matrices(model))
 
     optimizer = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.05)
@@ -56,7 +67,9 @@ def test_a_scheduler_sets_the_learning_rate_of_both_halves():
     schedule.step()
     schedule.step()
     for inner in (optimizer.muon, optimizer.adamw):
-        assert [group["lr"] for group in inner.param_groups] == pytest.approx([1e-3 * 3 / 4] * len(inner.param_groups))
+        assert [group["lr"] for group in inner.param_groups] == pytest.approx(
+            [1e-3 * 3 / 4] * len(inner.param_groups)
+        )
 
 
 def test_the_schedule_follows_a_max_steps_changed_during_the_run():
@@ -167,7 +180,9 @@ def test_muon_trains_under_bf16_autocast_on_cuda_and_resumes_there():
         optimizer.step()
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.5 * losses[0]
-    moments = [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim]
+    moments = [
+        v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim
+    ]
     assert moments and all(v.is_cuda and v.dtype == torch.float32 for v in moments)
 
     # A checkpoint is read on the CPU and its optimizer state loaded into one on the GPU.
@@ -176,5 +191,7 @@ def test_muon_trains_under_bf16_autocast_on_cuda_and_resumes_there():
     buffer.seek(0)
     resumed = build_optimizer(model, "muon", lr=3e-3, weight_decay=0.01)
     resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
-    assert all(v.is_cuda for state in resumed.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim)
+    assert all(
+        v.is_cuda for state in resumed.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim
+    )
     resumed.step()  # the loaded moments and the CUDA gradients meet without a device error

@@ -27,14 +27,33 @@ from data_prep.sources.pybullet import caption_from_path, iter_pybullet
 from native3d.geometry.mesh import check_mesh, load_mesh
 
 PYBULLET_MESHES = ("duck.obj", "teddy2_VHACD_CHs.obj", "cube.obj")
-UIDS = ("0a1b2c3d4e5f60718293a4b5c6d7e8f9", "5f0e9d8c7b6a59483726150f1e2d3c4b", "ffeeddccbbaa99887766554433221100")
+UIDS = (
+    "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+    "5f0e9d8c7b6a59483726150f1e2d3c4b",
+    "ffeeddccbbaa99887766554433221100",
+)
 ANNOTATIONS = {
-    UIDS[0]: {"name": "Rubber Duck", "license": "by", "uri": "https://example.org/models/duck",
-              "tags": [{"name": "duck"}, {"name": "toy"}], "description": "A yellow bath toy. See https://x.y/z"},
-    UIDS[1]: {"name": "Teddy", "license": "by-nc", "uri": "https://example.org/models/teddy",
-              "tags": [{"name": "bear"}], "description": ""},
-    UIDS[2]: {"name": "Box", "license": "cc0", "uri": "https://example.org/models/box",
-              "tags": [], "description": "Just a cube."},
+    UIDS[0]: {
+        "name": "Rubber Duck",
+        "license": "by",
+        "uri": "https://example.org/models/duck",
+        "tags": [{"name": "duck"}, {"name": "toy"}],
+        "description": "A yellow bath toy. See https://x.y/z",
+    },
+    UIDS[1]: {
+        "name": "Teddy",
+        "license": "by-nc",
+        "uri": "https://example.org/models/teddy",
+        "tags": [{"name": "bear"}],
+        "description": "",
+    },
+    UIDS[2]: {
+        "name": "Box",
+        "license": "cc0",
+        "uri": "https://example.org/models/box",
+        "tags": [],
+        "description": "Just a cube.",
+    },
 }
 LVIS = {"duck": [UIDS[0]], "teddy_bear": [UIDS[1]], "box": [UIDS[2]]}
 
@@ -129,7 +148,9 @@ def test_objaverse_lvis_categories_select(sources_objaverse_cache, sources_resto
         list(iter_objaverse(sources_objaverse_cache, lvis_categories=["unicorn"]))
 
 
-def test_objaverse_captions_csv_overrides_annotations(sources_objaverse_cache, sources_restore_objaverse, tmp_path):
+def test_objaverse_captions_csv_overrides_annotations(
+    sources_objaverse_cache, sources_restore_objaverse, tmp_path
+):
     csv_path = tmp_path / "Cap3D_automated_Objaverse.csv"
     csv_path.write_text(f'{UIDS[0]},"A yellow rubber duck, floating."\n{UIDS[1]},a brown teddy bear\n')
     items = {item.id: item for item in iter_objaverse(sources_objaverse_cache, captions_csv=str(csv_path))}
@@ -195,7 +216,9 @@ def test_local_finds_meshes_sorted_with_ids(sources_local_folder):
 def test_local_captions_by_relative_path_then_stem(sources_local_folder, tmp_path):
     csv_path = tmp_path / "captions.csv"
     csv_path.write_text("path,caption\nchairs/seat.glb,a flat seat\nseat,by stem only\ntip,a cone\n")
-    captions = {item.meta["relpath"]: item.caption for item in iter_local(sources_local_folder, str(csv_path))}
+    captions = {
+        item.meta["relpath"]: item.caption for item in iter_local(sources_local_folder, str(csv_path))
+    }
     assert captions["chairs/seat.glb"] == "a flat seat"  # the relative path wins over the stem
     assert captions["tip.obj"] == "a cone"
     assert captions["can.stl"] == ""
@@ -268,7 +291,9 @@ def test_primitive_seeds_differ():
     a = list(iter_primitives(12, seed=0))
     b = list(iter_primitives(12, seed=1))
     assert not {item.id for item in a} & {item.id for item in b}
-    differ = [x.meta["class"] != y.meta["class"] or x.meta["params"] != y.meta["params"] for x, y in zip(a, b)]
+    differ = [
+        x.meta["class"] != y.meta["class"] or x.meta["params"] != y.meta["params"] for x, y in zip(a, b)
+    ]
     assert all(differ)
 
 
@@ -305,7 +330,18 @@ def test_every_source_builds_shards_that_read_back(
     }[source]
     sizes = Sizes(surface_points=128, grid_resolution=12, query_points=256, views=1, view_size=24)
     out = tmp_path / "shards"
-    size_args = ["--surface-points", "128", "--grid-resolution", "12", "--query-points", "256", "--views", "1", "--view-size", "24"]
+    size_args = [
+        "--surface-points",
+        "128",
+        "--grid-resolution",
+        "12",
+        "--query-points",
+        "256",
+        "--views",
+        "1",
+        "--view-size",
+        "24",
+    ]
     assert prep(["build", "--source", source, *options, "--limit", "2", "--out", str(out), *size_args]) == 0
     assert prep(["index", "--out", str(out)]) == 0
     samples = list(iter_samples(out))
@@ -313,4 +349,6 @@ def test_every_source_builds_shards_that_read_back(
     for sample in samples:
         assert sample["meta.json"]["source"] == source
         for key in ARRAY_KEYS:
-            assert sample[key].shape == expected_shape(key, sizes) and sample[key].dtype == ARRAY_KEYS[key].dtype
+            assert (
+                sample[key].shape == expected_shape(key, sizes) and sample[key].dtype == ARRAY_KEYS[key].dtype
+            )

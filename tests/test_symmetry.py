@@ -20,7 +20,11 @@ from native3d.geometry.triplane import project_triplane
 from native3d.training.autoencoder import AutoencoderModule
 
 CENTRE, HALF = torch.tensor([0.3, -0.2, 0.1]), torch.tensor([0.5, 0.3, 0.15])
-SYMMETRIES = [(torch.tensor(p), torch.tensor(s, dtype=torch.float32)) for p in itertools.permutations(range(3)) for s in itertools.product((1, -1), repeat=3)]
+SYMMETRIES = [
+    (torch.tensor(p), torch.tensor(s, dtype=torch.float32))
+    for p in itertools.permutations(range(3))
+    for s in itertools.product((1, -1), repeat=3)
+]
 
 
 def box_sdf(points: torch.Tensor, centre: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
@@ -54,14 +58,23 @@ def test_every_field_of_a_mapped_box_is_the_mapped_box_field():
         assert mapped.keys() == expected.keys() - {"views"}, "views do not transform with the shape"
         assert mapped["id"] == ["box"]
         for key in ("surface", "query", "sdf", "triplane"):
-            torch.testing.assert_close(mapped[key], expected[key], atol=1e-5, rtol=0, msg=f"{key} under {perm.tolist()}, {signs.tolist()}")
+            torch.testing.assert_close(
+                mapped[key],
+                expected[key],
+                atol=1e-5,
+                rtol=0,
+                msg=f"{key} under {perm.tolist()}, {signs.tolist()}",
+            )
 
 
 def test_each_sample_of_a_batch_gets_its_own_map():
     points = torch.rand(64, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
     one = box_fields(CENTRE, HALF, points)
     batch = {key: torch.cat([one[key]] * 2) if key != "id" else ["a", "b"] for key in one}
-    (p0, s0), (p1, s1) = SYMMETRIES[0], SYMMETRIES[-1]  # the identity, and the last permutation with every flip
+    (p0, s0), (p1, s1) = (
+        SYMMETRIES[0],
+        SYMMETRIES[-1],
+    )  # the identity, and the last permutation with every flip
     mapped = transform_shape_batch(batch, torch.stack([p0, p1]), torch.stack([s0, s1]))
     for key in ("surface", "query", "sdf", "triplane"):
         torch.testing.assert_close(mapped[key][0], one[key][0])
@@ -88,7 +101,11 @@ def test_an_unknown_group_is_refused():
 def test_only_training_steps_see_mapped_shapes(augment):
     points = torch.rand(2, 128, 3, generator=torch.Generator().manual_seed(2)) * 1.6 - 0.8
     sdf = box_sdf(points, CENTRE, HALF)
-    batch = {"id": ["a", "b"], "surface": torch.cat([points, torch.nn.functional.normalize(points, dim=-1)], dim=-1), "query": torch.cat([points, sdf[..., None]], dim=-1)}
+    batch = {
+        "id": ["a", "b"],
+        "surface": torch.cat([points, torch.nn.functional.normalize(points, dim=-1)], dim=-1),
+        "query": torch.cat([points, sdf[..., None]], dim=-1),
+    }
     module = AutoencoderModule(vecset_tiny(), augment=augment)
     seen, forward = [], module.autoencoder.forward
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_damaged_shards import load_index_without_sizes, overwrite_a_header
 
 from native3d.cli import main as native3d
 from native3d.data.datamodule import LatentDataModule
@@ -19,20 +20,53 @@ from native3d.errors import InputError
 from native3d.training.autoencoder import AutoencoderModule
 from native3d.training.checks import NonFiniteLossError, check_finite
 
-from test_damaged_shards import load_index_without_sizes, overwrite_a_header
-
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def fit(model_config: str, shards: Path, out: Path, steps: int, extra: list[str] = ()) -> Path:
-    assert native3d([
-        "fit", "--config", str(CONFIGS / "autoencoder" / model_config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
-        "--data", "native3d.data.datamodule.ShardDataModule", "--data.train", str(shards), "--data.val_shards", "1",
-        "--data.batch_size", "4", "--data.num_workers", "0", "--data.query_points", "512", "--data.shuffle_buffer", "8",
-        "--data.batches_per_epoch", str(steps), "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-        "--model.init_args.stats_batches", "2", "--model.init_args.mesh_resolution", "32", "--seed_everything", "0", *extra,
-    ]) == 0  # fmt: skip
+    assert (
+        native3d(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "autoencoder" / model_config),
+                "--config",
+                str(CONFIGS / "trainer" / "cpu.yaml"),
+                "--data",
+                "native3d.data.datamodule.ShardDataModule",
+                "--data.train",
+                str(shards),
+                "--data.val_shards",
+                "1",
+                "--data.batch_size",
+                "4",
+                "--data.num_workers",
+                "0",
+                "--data.query_points",
+                "512",
+                "--data.shuffle_buffer",
+                "8",
+                "--data.batches_per_epoch",
+                str(steps),
+                "--trainer.max_steps",
+                str(steps),
+                "--trainer.val_check_interval",
+                str(steps),
+                "--trainer.default_root_dir",
+                str(out),
+                "--trainer.logger.init_args.save_dir",
+                str(out),
+                "--model.init_args.stats_batches",
+                "2",
+                "--model.init_args.mesh_resolution",
+                "32",
+                "--seed_everything",
+                "0",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return next(out.rglob("last.ckpt"))
 
 
@@ -65,30 +99,48 @@ def test_encode_resumes_only_with_the_same_weights_and_re_encodes_a_damaged_shar
     first = encode_shard_set(str(ckpt), str(primitive_shards), str(latents))
     copy = tmp_path / "copy.ckpt"
     copy.write_bytes(ckpt.read_bytes())
-    assert encode_shard_set(str(copy), str(primitive_shards), str(latents))["shards"] == first["shards"], \
-        "the same weights under another path are the same autoencoder"  # fmt: skip
+    assert encode_shard_set(str(copy), str(primitive_shards), str(latents))["shards"] == first["shards"], (
+        "the same weights under another path are the same autoencoder"
+    )
 
     shard = latents / first["shards"][1]["url"]
     os.truncate(shard, shard.stat().st_size // 2)
     with pytest.raises(DamagedShardError, match=shard.name):
         load_index(latents)
     again = encode_shard_set(str(ckpt), str(primitive_shards), str(latents))
-    assert again["shards"] == first["shards"] and len(list(iter_latent_keys(latents))) == 24, "the cut shard is encoded again"
+    assert again["shards"] == first["shards"] and len(list(iter_latent_keys(latents))) == 24, (
+        "the cut shard is encoded again"
+    )
     overwrite_a_header(shard)
-    with pytest.raises(DamagedShardError, match=rf"{shard.name}: its index records 4 samples, the tar holds 2"):
-        list(LatentDataModule(str(load_index_without_sizes(latents).root), val=str(latents), num_workers=0).val_dataloader())
+    with pytest.raises(
+        DamagedShardError, match=rf"{shard.name}: its index records 4 samples, the tar holds 2"
+    ):
+        list(
+            LatentDataModule(
+                str(load_index_without_sizes(latents).root), val=str(latents), num_workers=0
+            ).val_dataloader()
+        )
 
-    moved_on = torch.load(ckpt, map_location="cpu", weights_only=False)  # what a `last.ckpt` that trained on holds
-    name = next(k for k in moved_on["state_dict"] if k.startswith("autoencoder.") and moved_on["state_dict"][k].is_floating_point())
+    moved_on = torch.load(
+        ckpt, map_location="cpu", weights_only=False
+    )  # what a `last.ckpt` that trained on holds
+    name = next(
+        k
+        for k in moved_on["state_dict"]
+        if k.startswith("autoencoder.") and moved_on["state_dict"][k].is_floating_point()
+    )
     moved_on["state_dict"][name] = moved_on["state_dict"][name] + 1.0
     torch.save(moved_on, ckpt)
-    with pytest.raises(InputError, match=rf"holds latents of autoencoder .*weights .*autoencoder_weights differs.*delete {latents}"):
+    with pytest.raises(
+        InputError,
+        match=rf"holds latents of autoencoder .*weights .*autoencoder_weights differs.*delete {latents}",
+    ):
         encode_shard_set(str(ckpt), str(primitive_shards), str(latents))
 
 
 def iter_latent_keys(folder: Path):
     index = load_index(folder)
-    for url, count in index.shards:
+    for url, _ in index.shards:
         yield from shard_keys(url)
 
 
@@ -110,5 +162,11 @@ def test_fit_with_muon_lowers_the_loss_checkpoints_both_halves_and_resumes(primi
     (saved,) = torch.load(ckpt, map_location="cpu", weights_only=False)["optimizer_states"]
     assert saved["muon"]["state"] and saved["adamw"]["state"], "the moments of both halves are saved"
 
-    resumed = fit("vecset_tiny.yaml", primitive_shards, tmp_path / "resumed", steps=44, extra=[*muon, "--ckpt_path", str(ckpt)])
+    resumed = fit(
+        "vecset_tiny.yaml",
+        primitive_shards,
+        tmp_path / "resumed",
+        steps=44,
+        extra=[*muon, "--ckpt_path", str(ckpt)],
+    )
     assert torch.load(resumed, map_location="cpu", weights_only=False)["global_step"] == 44

@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 # A first row counts as a header only when both cells are names like these: a real first
 # row has a uid or path in its first cell, which never matches.
-_KEY_HEADERS = frozenset({"uid", "id", "key", "path", "relpath", "file", "filename", "name", "stem", "object"})
+_KEY_HEADERS = frozenset(
+    {"uid", "id", "key", "path", "relpath", "file", "filename", "name", "stem", "object"}
+)
 _CAPTION_HEADERS = frozenset({"caption", "captions", "text", "description", "prompt"})
 
 

@@ -77,7 +77,9 @@ def iter_objaverse(
             yield _item(uid, paths[uid], annotations.get(uid, {}), captions, categories.get(uid))
 
 
-def _select_uids(uids_file: str | None, lvis_categories: Iterable[str] | None) -> tuple[list[str], dict[str, str]]:
+def _select_uids(
+    uids_file: str | None, lvis_categories: Iterable[str] | None
+) -> tuple[list[str], dict[str, str]]:
     """The sorted selected uids (only those the dataset knows), and uid -> LVIS category."""
     known = set(objaverse.load_uids())
     selected = set(read_uids_file(uids_file)) if uids_file else set(known)
@@ -117,7 +119,9 @@ def _batches(items: list[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _item(uid: str, path: str, annotation: dict, captions: dict[str, str] | None, category: str | None) -> MeshItem:
+def _item(
+    uid: str, path: str, annotation: dict, captions: dict[str, str] | None, category: str | None
+) -> MeshItem:
     caption = captions.get(uid, "") if captions is not None else annotation_caption(annotation)
     meta = {
         "source": "objaverse",

@@ -29,8 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import trimesh
-from trimesh.creation import box as _box, capsule as _capsule, cone as _cone, cylinder as _cylinder
-from trimesh.creation import icosphere as _icosphere, torus as _torus
+from trimesh.creation import box as _box
+from trimesh.creation import capsule as _capsule
+from trimesh.creation import cone as _cone
+from trimesh.creation import cylinder as _cylinder
+from trimesh.creation import icosphere as _icosphere
+from trimesh.creation import torus as _torus
 from trimesh.transformations import rotation_matrix, translation_matrix
 
 from data_prep.sources import MeshItem
@@ -38,7 +42,12 @@ from data_prep.sources import MeshItem
 LICENSE = "CC0"
 SECTIONS = 32  # around-the-axis resolution of round parts
 Z_UP_TO_Y_UP = rotation_matrix(-math.pi / 2, [1, 0, 0])
-_POSE_WORDS = {"upright": "", "tilted": ", tilted", "side": ", lying on its side", "upside_down": ", upside down"}
+_POSE_WORDS = {
+    "upright": "",
+    "tilted": ", tilted",
+    "side": ", lying on its side",
+    "upside_down": ", upside down",
+}
 
 
 @dataclass
@@ -52,7 +61,9 @@ class Shape:
 POSES = ("any", "upright")
 
 
-def iter_primitives(count: int, seed: int = 0, limit: int | None = None, poses: str = "any") -> Iterator[MeshItem]:
+def iter_primitives(
+    count: int, seed: int = 0, limit: int | None = None, poses: str = "any"
+) -> Iterator[MeshItem]:
     """Yields `count` primitives (the first `limit` of them when given), deterministic in `seed` and `poses`."""
     if poses not in POSES:
         raise ValueError(f"unknown poses {poses!r}; choose from {POSES}")
@@ -80,11 +91,17 @@ def make_primitive(index: int, seed: int = 0, poses: str = "any") -> MeshItem:
         "index": index,
         "params": shape.params,
         "poses": poses,
-        "pose": {"orientation": pose, "tilt_deg": round(math.degrees(tilt), 2), "yaw_deg": round(math.degrees(yaw), 2)},
+        "pose": {
+            "orientation": pose,
+            "tilt_deg": round(math.degrees(tilt), 2),
+            "yaw_deg": round(math.degrees(yaw), 2),
+        },
         "scale": round(scale, 4),
         "up_axis": "y",
     }
-    family = "primitive" if poses == "any" else f"primitive-{poses}"  # another pose law, other objects: other ids
+    family = (
+        "primitive" if poses == "any" else f"primitive-{poses}"
+    )  # another pose law, other objects: other ids
     return MeshItem(id=f"{family}-s{seed}-{index:06d}", caption=caption, meta=meta, mesh=mesh)
 
 
@@ -171,7 +188,11 @@ def build_sphere(rng: np.random.Generator) -> Shape:
     kind = rng.choice(["round", "flattened", "elongated"], p=[0.5, 0.25, 0.25])
     stretch = {"round": 1.0, "flattened": rng.uniform(0.4, 0.7), "elongated": rng.uniform(1.5, 2.2)}[kind]
     ball = _ball(0.5, (0, 0, 0)).apply_scale([1.0, 1.0, stretch])
-    phrase = {"round": "a round sphere", "flattened": "a flattened sphere", "elongated": "an elongated sphere"}[kind]
+    phrase = {
+        "round": "a round sphere",
+        "flattened": "a flattened sphere",
+        "elongated": "an elongated sphere",
+    }[kind]
     return Shape([ball], phrase, _params(stretch=stretch), shows_pose=kind != "round")
 
 
@@ -249,7 +270,9 @@ def _table_legs(legs: int, width: float, depth: float, height: float, radius: fl
         angles = [2 * math.pi * k / 3 for k in range(3)]
         spots = [(0.8 * width / 2 * math.cos(a), 0.8 * width / 2 * math.sin(a)) for a in angles]
     else:
-        spots = [(sx * (width / 2 - 2 * radius), sy * (depth / 2 - 2 * radius)) for sx in (-1, 1) for sy in (-1, 1)]
+        spots = [
+            (sx * (width / 2 - 2 * radius), sy * (depth / 2 - 2 * radius)) for sx in (-1, 1) for sy in (-1, 1)
+        ]
     return [_rod(radius, (x, y, 0), (x, y, height)) for x, y in spots]
 
 
@@ -295,7 +318,9 @@ def build_mug(rng: np.random.Generator) -> Shape:
     ratio = height / (2 * radius)
     size = "tall narrow " if ratio > 1.3 else "short wide " if ratio < 0.7 else ""
     phrase = f"a {size}mug with a handle"
-    return Shape([shell, bottom, handle], phrase, _params(radius=radius, height=height, wall=wall, handle=loop))
+    return Shape(
+        [shell, bottom, handle], phrase, _params(radius=radius, height=height, wall=wall, handle=loop)
+    )
 
 
 def build_lamp(rng: np.random.Generator) -> Shape:
@@ -311,7 +336,9 @@ def build_lamp(rng: np.random.Generator) -> Shape:
     ]
     kind = "tall floor lamp" if pole_h > 2.0 else "short desk lamp" if pole_h < 1.3 else "lamp"
     phrase = f"a {kind} with a {'conical' if conical else 'drum'} shade"
-    return Shape(parts, phrase, _params(pole_height=pole_h, base_radius=base_r, shade_radius=shade_r, conical=conical))
+    return Shape(
+        parts, phrase, _params(pole_height=pole_h, base_radius=base_r, shade_radius=shade_r, conical=conical)
+    )
 
 
 def build_snowman(rng: np.random.Generator) -> Shape:
@@ -329,7 +356,9 @@ def build_snowman(rng: np.random.Generator) -> Shape:
         parts.append(_rod(head_r * 0.7, (0, 0, head_z + 0.8 * head_r), (0, 0, head_z + 1.6 * head_r)))
     if nose:
         carrot = _cone(head_r * 0.15, head_r * 0.9, sections=16)
-        carrot.apply_transform(translation_matrix([head_r * 0.8, 0, head_z]) @ rotation_matrix(math.pi / 2, [0, 1, 0]))
+        carrot.apply_transform(
+            translation_matrix([head_r * 0.8, 0, head_z]) @ rotation_matrix(math.pi / 2, [0, 1, 0])
+        )
         parts.append(carrot)
     extras = [w for w, on in (("a top hat", hat), ("a carrot nose", nose)) if on]
     count = {2: "two", 3: "three"}[balls]

@@ -52,7 +52,7 @@ def caption_from_path(relpath: str) -> str:
 
 
 def _words(name: str) -> str:
-    """"teddy2_VHACD_CHs" -> "teddy 2"; "link2_vhacd2" -> "link 2"; "cloth_z_up" -> "cloth"."""
+    """ "teddy2_VHACD_CHs" -> "teddy 2"; "link2_vhacd2" -> "link 2"; "cloth_z_up" -> "cloth"."""
     name = re.sub(r"_z_up$", "", name)
     tokens = [t for t in re.split(r"[\s_\-.]+", name) if t and not _is_noise(t)]
     spaced = (re.sub(r"([a-z])([A-Z])", r"\1 \2", t) for t in tokens)  # camelCase

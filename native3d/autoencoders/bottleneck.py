@@ -28,7 +28,7 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)
 
     @classmethod
-    def from_moments(cls, moments: Tensor, dim: int) -> "DiagonalGaussian":
+    def from_moments(cls, moments: Tensor, dim: int) -> DiagonalGaussian:
         """Splits a tensor holding [mean, logvar] stacked along `dim` into a posterior."""
         mean, logvar = moments.chunk(2, dim=dim)
         return cls(mean, logvar)
@@ -38,7 +38,9 @@ class DiagonalGaussian:
         return torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> Float[Tensor, "B ..."]:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        noise = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
         return self.mean + self.std * noise
 
     def mode(self) -> Float[Tensor, "B ..."]:
@@ -141,10 +143,14 @@ class LatentAutoencoder(nn.Module):
 
     def normalize_latent(self, latent: Float[Tensor, "B ..."]) -> Float[Tensor, "B ..."]:
         """Standardises a latent per channel; diffusion models see normalized latents."""
-        return (latent - self._channel_view(self.latent_mean, latent)) / self._channel_view(self.latent_std, latent)
+        return (latent - self._channel_view(self.latent_mean, latent)) / self._channel_view(
+            self.latent_std, latent
+        )
 
     def denormalize_latent(self, latent: Float[Tensor, "B ..."]) -> Float[Tensor, "B ..."]:
-        return latent * self._channel_view(self.latent_std, latent) + self._channel_view(self.latent_mean, latent)
+        return latent * self._channel_view(self.latent_std, latent) + self._channel_view(
+            self.latent_mean, latent
+        )
 
     @torch.no_grad()
     def fit_latent_statistics(self, latents: Iterable[Tensor], eps: float = 1e-6) -> tuple[Tensor, Tensor]:

@@ -28,7 +28,9 @@ from native3d.nn.attention import Mlp, TransformerBlock
 from native3d.nn.embeddings import FourierPointEmbedding
 
 
-def sample_volume(volume: Float[Tensor, "B C R R R"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q C"]:
+def sample_volume(
+    volume: Float[Tensor, "B C R R R"], points: Float[Tensor, "B Q 3"]
+) -> Float[Tensor, "B Q C"]:
     """Trilinear features at points of [-1, 1]^3 from a corner-convention volume indexed [x, y, z].
 
     `grid_sample`'s last grid coordinate indexes the volume's first spatial axis reversed
@@ -40,7 +42,9 @@ def sample_volume(volume: Float[Tensor, "B C R R R"], points: Float[Tensor, "B Q
     return rearrange(features, "B C Q 1 1 -> B Q C")
 
 
-def sample_planes(planes: Float[Tensor, "B P C R R"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q P C"]:
+def sample_planes(
+    planes: Float[Tensor, "B P C R R"], points: Float[Tensor, "B Q 3"]
+) -> Float[Tensor, "B Q P C"]:
     """Bilinear features of the three planes (xy, xz, yz) at the points' projections.
 
     Plane `ab` is indexed [a, b], so its grid coordinates are (b, a): `grid_sample`'s first
@@ -72,7 +76,9 @@ class ImplicitMLPHead(nn.Module):
     Fourier features of the point let the head add detail finer than the feature grid spacing.
     """
 
-    def __init__(self, feature_dim: int, hidden_dim: int = 128, num_layers: int = 2, num_frequencies: int = 6) -> None:
+    def __init__(
+        self, feature_dim: int, hidden_dim: int = 128, num_layers: int = 2, num_frequencies: int = 6
+    ) -> None:
         super().__init__()
         self.feature_proj = nn.Linear(feature_dim, hidden_dim)
         self.point_embed = FourierPointEmbedding(hidden_dim, num_frequencies)
@@ -81,7 +87,9 @@ class ImplicitMLPHead(nn.Module):
         self.norm = nn.LayerNorm(hidden_dim)
         self.out = sdf_output_layer(hidden_dim)
 
-    def forward(self, features: Float[Tensor, "B Q C"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+    def forward(
+        self, features: Float[Tensor, "B Q C"], points: Float[Tensor, "B Q 3"]
+    ) -> Float[Tensor, "B Q"]:
         x = self.feature_proj(features) + self.point_embed(points)  # (B, Q, hidden)
         for norm, mlp in zip(self.norms, self.mlps):
             x = x + mlp(norm(x))
@@ -95,10 +103,14 @@ class QueryCrossAttentionHead(nn.Module):
     hidden units) is a large share of a step; `mlp_ratio=0` leaves it out. `qk_norm` as in `Attention`.
     """
 
-    def __init__(self, width: int, heads: int, num_frequencies: int = 8, mlp_ratio: float = 4.0, qk_norm: bool = False) -> None:
+    def __init__(
+        self, width: int, heads: int, num_frequencies: int = 8, mlp_ratio: float = 4.0, qk_norm: bool = False
+    ) -> None:
         super().__init__()
         self.point_embed = FourierPointEmbedding(width, num_frequencies)
-        self.cross = TransformerBlock(width, heads, context_dim=width, self_attention=False, mlp_ratio=mlp_ratio, qk_norm=qk_norm)
+        self.cross = TransformerBlock(
+            width, heads, context_dim=width, self_attention=False, mlp_ratio=mlp_ratio, qk_norm=qk_norm
+        )
         self.norm = nn.LayerNorm(width)
         self.out = sdf_output_layer(width)
 

@@ -156,7 +156,9 @@ class GridVAE(LatentAutoencoder):
             h = layer(h)  # ends at (B, C0, R/p, R/p, R/p)
         return self.to_features(F.silu(self.norm_features(h)))
 
-    def query(self, volume: Float[Tensor, "B Cf Rp Rp Rp"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+    def query(
+        self, volume: Float[Tensor, "B Cf Rp Rp Rp"], points: Float[Tensor, "B Q 3"]
+    ) -> Float[Tensor, "B Q"]:
         features = sample_volume(volume, points)  # (B, Q, Cf)
         return self.head(features, points)
 
@@ -164,7 +166,12 @@ class GridVAE(LatentAutoencoder):
 def grid_tiny() -> GridVAE:
     """A CPU-test configuration: R=32 -> latent 8 x 8^3, widths (8, 16, 32)."""
     return GridVAE(
-        resolution=32, channels=(8, 16, 32), latent_channels=8, feature_channels=16, head_hidden=32, head_layers=1
+        resolution=32,
+        channels=(8, 16, 32),
+        latent_channels=8,
+        feature_channels=16,
+        head_hidden=32,
+        head_layers=1,
     )
 
 

@@ -53,12 +53,17 @@ def reconstruction_loss(
         return (F.relu(lower - sdf_pred) + F.relu(sdf_pred - upper)).mean(dim=1)
     if kind == "bce":
         inside = (sdf_target < 0).float()
-        return F.binary_cross_entropy_with_logits(-sdf_pred / occupancy_scale, inside, reduction="none").mean(dim=1)
+        return F.binary_cross_entropy_with_logits(-sdf_pred / occupancy_scale, inside, reduction="none").mean(
+            dim=1
+        )
     raise ValueError(f"unknown reconstruction kind {kind!r}; expected 'l1' or 'bce'")
 
 
 def soft_iou_loss(
-    sdf_pred: Float[Tensor, "B Q"], sdf_target: Float[Tensor, "B Q"], occupancy_scale: float = 0.01, smooth: float = 1.0
+    sdf_pred: Float[Tensor, "B Q"],
+    sdf_target: Float[Tensor, "B Q"],
+    occupancy_scale: float = 0.01,
+    smooth: float = 1.0,
 ) -> Float[Tensor, " B"]:
     """Per-sample 1 - soft IoU over the query points.
 

@@ -30,7 +30,11 @@ def latent_field(autoencoder: LatentAutoencoder, latent: Tensor) -> Field:
 
 
 def decode_mesh(
-    autoencoder: LatentAutoencoder, latent: Tensor, resolution: int = 64, coarse_to_fine: bool = True, chunk: int = 2**16
+    autoencoder: LatentAutoencoder,
+    latent: Tensor,
+    resolution: int = 64,
+    coarse_to_fine: bool = True,
+    chunk: int = 2**16,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (V, 3) and faces (F, 3) of one latent's zero level set; raises NoSurfaceError if empty."""
     return extract_mesh(latent_field(autoencoder, latent), resolution, coarse_to_fine, chunk=chunk)

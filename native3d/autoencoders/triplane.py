@@ -105,7 +105,9 @@ class PointPooling(nn.Module):
         for a, b in PLANE_AXES:
             index = (cells[..., a] * R + cells[..., b])[:, None].expand(-1, h.shape[-1], -1)  # (B, C, N)
             total = h.new_zeros(h.shape[0], h.shape[-1], R * R).scatter_add_(2, index, h.transpose(1, 2))
-            count = h.new_zeros(h.shape[0], 1, R * R).scatter_add_(2, index[:, :1], torch.ones_like(index[:, :1], dtype=h.dtype))
+            count = h.new_zeros(h.shape[0], 1, R * R).scatter_add_(
+                2, index[:, :1], torch.ones_like(index[:, :1], dtype=h.dtype)
+            )
             pooled.append(total / count.clamp_min(1.0))
         return rearrange(torch.stack(pooled, dim=1), "B P C (H W) -> B P C H W", H=R)
 
@@ -135,15 +137,21 @@ class TriplaneVAE(LatentAutoencoder):
         super().__init__(latent_channels)
         factor = patch_size * 2 ** (len(channels) - 1)
         if unpatch_features and patch_size == 1:
-            raise ValueError("unpatch_features needs patch_size > 1: without patches the feature planes are already at the full resolution")
+            raise ValueError(
+                "unpatch_features needs patch_size > 1: without patches the feature planes are already at the full resolution"
+            )
         if resolution % factor:
             raise ValueError(f"resolution {resolution} is not divisible by the downsampling factor {factor}")
         self.resolution = resolution
         self.latent_resolution = resolution // factor
         self.latent_channels = latent_channels
         self.aggregate = aggregate
-        self.point_pooling = PointPooling(point_channels, resolution, num_frequencies) if point_channels else None
-        self.conv_in = stem(2, in_channels + point_channels, channels[0], patch_size)  # feature planes: R / p a side
+        self.point_pooling = (
+            PointPooling(point_channels, resolution, num_frequencies) if point_channels else None
+        )
+        self.conv_in = stem(
+            2, in_channels + point_channels, channels[0], patch_size
+        )  # feature planes: R / p a side
         self.down = interleave_mixing(encoder_stack(channels, blocks_per_level, dims=2))
         self.mix_latent = PlaneMixing(channels[-1])
         self.norm_out = group_norm(channels[-1])
@@ -152,7 +160,9 @@ class TriplaneVAE(LatentAutoencoder):
         self.up = interleave_mixing(decoder_stack(channels, blocks_per_level, dims=2))
         self.norm_features = group_norm(channels[0])
         if unpatch_features:  # the stem's mirror: feature planes back at R a side
-            self.to_features = nn.ConvTranspose2d(channels[0], feature_channels, patch_size, stride=patch_size)
+            self.to_features = nn.ConvTranspose2d(
+                channels[0], feature_channels, patch_size, stride=patch_size
+            )
         else:
             self.to_features = nn.Conv2d(channels[0], feature_channels, 3, padding=1)
         head_in = feature_channels * (PLANES if aggregate == "concat" else 1)
@@ -175,7 +185,9 @@ class TriplaneVAE(LatentAutoencoder):
             raise ValueError(f"expected {self.resolution}^2 planes, got {tuple(planes.shape[-2:])}")
         if self.point_pooling is not None:
             if not isinstance(inputs, dict):
-                raise ValueError("this TriplaneVAE pools surface points too; encode {'triplane': ..., 'surface': ...}")
+                raise ValueError(
+                    "this TriplaneVAE pools surface points too; encode {'triplane': ..., 'surface': ...}"
+                )
             planes = torch.cat([planes, self.point_pooling(inputs["surface"])], dim=2)
         h = self.conv_in(rearrange(planes, "B P C H W -> (B P) C H W"))  # (B P, C0, R/p, R/p)
         for layer in self.down:
@@ -192,7 +204,9 @@ class TriplaneVAE(LatentAutoencoder):
         features = self.to_features(F.silu(self.norm_features(h)))
         return rearrange(features, "(B P) C H W -> B P C H W", P=PLANES)
 
-    def query(self, planes: Float[Tensor, "B 3 Cf R R"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+    def query(
+        self, planes: Float[Tensor, "B 3 Cf R R"], points: Float[Tensor, "B Q 3"]
+    ) -> Float[Tensor, "B Q"]:
         features = sample_planes(planes, points)  # (B, Q, P, Cf)
         return self.head(aggregate_planes(features, self.aggregate), points)
 
@@ -200,7 +214,12 @@ class TriplaneVAE(LatentAutoencoder):
 def triplane_tiny() -> TriplaneVAE:
     """A CPU-test configuration: R=32 planes -> latent 3 x 8 x 8^2, widths (16, 32, 32)."""
     return TriplaneVAE(
-        resolution=32, channels=(16, 32, 32), latent_channels=8, feature_channels=16, head_hidden=32, head_layers=1
+        resolution=32,
+        channels=(16, 32, 32),
+        latent_channels=8,
+        feature_channels=16,
+        head_hidden=32,
+        head_layers=1,
     )
 
 

@@ -82,12 +82,18 @@ class VecSetVAE(LatentAutoencoder):
         self.use_normals = use_normals
         self.fps_random_start = fps_random_start
         self.point_embed = FourierPointEmbedding(width, num_frequencies, feature_dim=3 if use_normals else 0)
-        self.encoder = TransformerBlock(width, heads, context_dim=width, self_attention=False, qk_norm=qk_norm)
-        self.encoder_blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(encoder_depth))
+        self.encoder = TransformerBlock(
+            width, heads, context_dim=width, self_attention=False, qk_norm=qk_norm
+        )
+        self.encoder_blocks = nn.ModuleList(
+            TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(encoder_depth)
+        )
         self.to_moments = nn.Linear(width, 2 * latent_channels)
         self.from_latent = nn.Linear(latent_channels, width)
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(depth))
-        self.head = QueryCrossAttentionHead(width, heads, num_frequencies, mlp_ratio=head_mlp_ratio, qk_norm=qk_norm)
+        self.head = QueryCrossAttentionHead(
+            width, heads, num_frequencies, mlp_ratio=head_mlp_ratio, qk_norm=qk_norm
+        )
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -100,7 +106,9 @@ class VecSetVAE(LatentAutoencoder):
         pts, normals = surface[..., :3], surface[..., 3:6]
         embedded = self.point_embed(pts, normals if self.use_normals else None)  # (B, N, C)
         # A random start in training augments which points seed the tokens; eval is deterministic.
-        index = farthest_point_sample(pts, self.num_latents, random_start=self.training and self.fps_random_start)
+        index = farthest_point_sample(
+            pts, self.num_latents, random_start=self.training and self.fps_random_start
+        )
         queries = torch.gather(embedded, 1, index[..., None].expand(-1, -1, embedded.shape[-1]))  # (B, M, C)
         tokens = self.encoder(queries, context=embedded)  # (B, M, C)
         for block in self.encoder_blocks:

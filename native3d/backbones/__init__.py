@@ -9,7 +9,12 @@ Each backbone's output layer is zero-initialized, so a fresh model outputs exact
 """
 
 from native3d.backbones.set_dit import SetDiT, set_dit_base, set_dit_large, set_dit_small, set_dit_tiny
-from native3d.backbones.triplane_unet import TriplaneUNet, triplane_unet_base, triplane_unet_small, triplane_unet_tiny
+from native3d.backbones.triplane_unet import (
+    TriplaneUNet,
+    triplane_unet_base,
+    triplane_unet_small,
+    triplane_unet_tiny,
+)
 from native3d.backbones.unet import UNet
 from native3d.backbones.unet3d import UNet3D, unet3d_base, unet3d_small, unet3d_tiny
 

@@ -81,22 +81,29 @@ class SetDiT(nn.Module):
         return self.final(x, c)  # (B, M, C)
 
 
-def set_dit_tiny(in_channels: int = 8, context_dim: int | None = None, pooled_dim: int | None = None) -> SetDiT:
+def set_dit_tiny(
+    in_channels: int = 8, context_dim: int | None = None, pooled_dim: int | None = None
+) -> SetDiT:
     """For tests and CPU smoke runs (~60 k parameters)."""
     return SetDiT(in_channels, dim=32, depth=2, heads=2, context_dim=context_dim, pooled_dim=pooled_dim)
 
 
-def set_dit_small(in_channels: int = 32, context_dim: int | None = None, pooled_dim: int | None = None) -> SetDiT:
+def set_dit_small(
+    in_channels: int = 32, context_dim: int | None = None, pooled_dim: int | None = None
+) -> SetDiT:
     """DiT-S widths (~40 M parameters with 768-d tokens and pooled vector)."""
     return SetDiT(in_channels, dim=384, depth=12, heads=6, context_dim=context_dim, pooled_dim=pooled_dim)
 
 
-def set_dit_base(in_channels: int = 32, context_dim: int | None = None, pooled_dim: int | None = None) -> SetDiT:
+def set_dit_base(
+    in_channels: int = 32, context_dim: int | None = None, pooled_dim: int | None = None
+) -> SetDiT:
     """DiT-B widths (~160 M parameters with 768-d tokens and pooled vector)."""
     return SetDiT(in_channels, dim=768, depth=12, heads=12, context_dim=context_dim, pooled_dim=pooled_dim)
 
 
-def set_dit_large(in_channels: int = 64, context_dim: int | None = None, pooled_dim: int | None = None) -> SetDiT:
+def set_dit_large(
+    in_channels: int = 64, context_dim: int | None = None, pooled_dim: int | None = None
+) -> SetDiT:
     """DiT-L widths (~560 M parameters with 768-d tokens and pooled vector)."""
     return SetDiT(in_channels, dim=1024, depth=24, heads=16, context_dim=context_dim, pooled_dim=pooled_dim)
-

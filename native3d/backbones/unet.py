@@ -37,7 +37,9 @@ def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     """GN-SiLU-Conv, GN modulated by c (shift/scale), SiLU-Conv (zero-init), plus a skip."""
 
-    def __init__(self, dims: int, in_ch: int, out_ch: int, cond_dim: int, groups: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dims: int, in_ch: int, out_ch: int, cond_dim: int, groups: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         conv = CONV[dims]
         self.norm1 = _group_norm(in_ch, groups)
@@ -69,7 +71,9 @@ class SpatialTransformer(nn.Module):
         self.norm_attn = nn.LayerNorm(channels)
         self.attn = Attention(channels, heads, qk_norm=True)
         self.norm_cross = nn.LayerNorm(channels) if context_dim else None
-        self.cross_attn = Attention(channels, heads, context_dim=context_dim, qk_norm=True) if context_dim else None
+        self.cross_attn = (
+            Attention(channels, heads, context_dim=context_dim, qk_norm=True) if context_dim else None
+        )
         self.norm_mlp = nn.LayerNorm(channels)
         self.mlp = Mlp(channels, 4 * channels)
         _zero(self.mlp.fc2)  # the block starts as the identity on its feature map
@@ -106,7 +110,8 @@ class Level(nn.Module):
             ResBlock(dims, in_ch if i == 0 else out_ch, out_ch, cond_dim, groups) for i in range(num_blocks)
         )
         self.attn = nn.ModuleList(
-            SpatialTransformer(out_ch, heads, context_dim) if attention else nn.Identity() for _ in range(num_blocks)
+            SpatialTransformer(out_ch, heads, context_dim) if attention else nn.Identity()
+            for _ in range(num_blocks)
         )
 
     def forward(self, h: Tensor, c: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
@@ -151,7 +156,9 @@ class UNet(nn.Module):
         context = cond_dim if context_dim else None
 
         def level(i: int, in_ch: int) -> Level:
-            return Level(dims, in_ch, channels[i], num_blocks, cond_dim, groups, heads, i in attention_levels, context)
+            return Level(
+                dims, in_ch, channels[i], num_blocks, cond_dim, groups, heads, i in attention_levels, context
+            )
 
         self.stem = conv(in_channels, channels[0], 3, padding=1)
         self.down = nn.ModuleList(level(i, channels[max(i - 1, 0)]) for i in range(self.num_levels))
@@ -186,6 +193,8 @@ class UNet(nn.Module):
         h = self.mid_res2(self.mid_attn(self.mid_res1(h, c), context, context_mask), c)
         for i in reversed(range(self.num_levels)):
             if i < self.num_levels - 1:
-                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))  # (B, C_{i+1}, *S / 2^i)
+                h = self.upsample[i](
+                    F.interpolate(h, scale_factor=2.0, mode="nearest")
+                )  # (B, C_{i+1}, *S / 2^i)
             h = self.up[i](torch.cat([h, skips.pop()], dim=1), c, context, context_mask)
         return self.out_conv(F.silu(self.out_norm(h)))

@@ -70,7 +70,7 @@ class HFImageEncoder(nn.Module):
         if device is not None:
             self.to(device)
 
-    def train(self, mode: bool = True) -> "HFImageEncoder":
+    def train(self, mode: bool = True) -> HFImageEncoder:
         # Frozen: a parent's .train() must not switch dropout on in the pretrained encoder.
         return super().train(False)
 
@@ -107,7 +107,9 @@ class ViewEncoder(nn.Module):
 
     is_frozen = False
 
-    def __init__(self, dim: int, image_size: int = 64, patch: int = 8, depth: int = 2, heads: int = 4) -> None:
+    def __init__(
+        self, dim: int, image_size: int = 64, patch: int = 8, depth: int = 2, heads: int = 4
+    ) -> None:
         super().__init__()
         if image_size % patch != 0:
             raise ValueError(f"image_size={image_size} is not divisible by patch={patch}")

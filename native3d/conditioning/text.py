@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
+
 from native3d.nn.modulation import Cond
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class HFTextEncoder(nn.Module):
         if device is not None:
             self.to(device)
 
-    def train(self, mode: bool = True) -> "HFTextEncoder":
+    def train(self, mode: bool = True) -> HFTextEncoder:
         # Frozen: a parent's .train() must not switch dropout on in the pretrained encoder.
         return super().train(False)
 
@@ -114,7 +115,10 @@ class HFTextEncoder(nn.Module):
         missing = list(dict.fromkeys(t for t in texts if t not in found))
         if missing:
             computed = self.run_model(missing)
-            found.update((t, (computed["tokens"][i], computed["mask"][i], computed["pooled"][i])) for i, t in enumerate(missing))
+            found.update(
+                (t, (computed["tokens"][i], computed["mask"][i], computed["pooled"][i]))
+                for i, t in enumerate(missing)
+            )
         for text in dict.fromkeys(texts):
             self._cache[text] = found[text]
             self._cache.move_to_end(text)
@@ -126,7 +130,11 @@ class HFTextEncoder(nn.Module):
     def run_model(self, texts: list[str]) -> Cond:
         """The encoder itself on a list of captions, no cache."""
         batch = self.tokenizer(
-            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         ).to(self.device)
         out = self.model(**batch)
         tokens = out.last_hidden_state.float()  # (B, L, C)
@@ -145,7 +153,9 @@ class HFTextEncoder(nn.Module):
         skip = ("_name_or_path", "transformers_version")  # machine- and install-specific
         config = {k: v for k, v in self.model.config.to_dict().items() if k not in skip}
         checksum = sum(float(p.double().sum()) for p in self.model.parameters())
-        payload = json.dumps([config, f"{checksum:.6e}", self.max_length, self.pooling], sort_keys=True, default=str)
+        payload = json.dumps(
+            [config, f"{checksum:.6e}", self.max_length, self.pooling], sort_keys=True, default=str
+        )
         return f"{type(self).__name__}:{self.name}:{hashlib.sha1(payload.encode()).hexdigest()[:16]}"
 
 
@@ -168,7 +178,9 @@ def _clamp_length(max_length: int, tokenizer, config, name: str) -> int:
     limits = [max_length, getattr(config, "max_position_embeddings", None), tokenizer.model_max_length]
     length = min(int(v) for v in limits if v is not None and v > 0)
     if length < max_length:
-        log.warning("text encoder %s accepts at most %d tokens; max_length %d reduced", name, length, max_length)
+        log.warning(
+            "text encoder %s accepts at most %d tokens; max_length %d reduced", name, length, max_length
+        )
     return length
 
 

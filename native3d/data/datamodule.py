@@ -29,13 +29,32 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from native3d.data.schema import LATENT_SAMPLE_KEYS, DamagedShardError, SchemaError, Sizes, validate_latent_sample
-from native3d.data.shards import ShardIndex, decode_members, decode_sample, load_index, read_shard, sample_location
+from native3d.data.schema import (
+    LATENT_SAMPLE_KEYS,
+    DamagedShardError,
+    SchemaError,
+    Sizes,
+    validate_latent_sample,
+)
+from native3d.data.shards import (
+    ShardIndex,
+    decode_members,
+    decode_sample,
+    load_index,
+    read_shard,
+    sample_location,
+)
 from native3d.errors import InputError
 
 log = logging.getLogger(__name__)
 
-ARRAY_FIELDS = {"surface.npy": "surface", "sdf.npy": "sdf", "query.npy": "query", "triplane.npy": "triplane", "views.npy": "views"}
+ARRAY_FIELDS = {
+    "surface.npy": "surface",
+    "sdf.npy": "sdf",
+    "query.npy": "query",
+    "triplane.npy": "triplane",
+    "views.npy": "views",
+}
 
 
 def sample_to_tensors(
@@ -50,7 +69,11 @@ def sample_to_tensors(
         count = subset.get(name)
         if count is not None and count < len(array):
             array = array[rng.choice(len(array), count, replace=False)]
-        out[name] = torch.from_numpy(np.ascontiguousarray(array)).float() if array.dtype != np.uint8 else torch.from_numpy(array)
+        out[name] = (
+            torch.from_numpy(np.ascontiguousarray(array)).float()
+            if array.dtype != np.uint8
+            else torch.from_numpy(array)
+        )
     return out
 
 
@@ -88,7 +111,9 @@ class LatentSample:
 def collate(samples: list[dict]) -> dict:
     """Stacks tensors; other fields (ids, captions, labels) become lists."""
     return {
-        key: torch.stack([s[key] for s in samples]) if isinstance(value, torch.Tensor) else [s[key] for s in samples]
+        key: torch.stack([s[key] for s in samples])
+        if isinstance(value, torch.Tensor)
+        else [s[key] for s in samples]
         for key, value in samples[0].items()
     }
 
@@ -123,7 +148,9 @@ class ShardStream(IterableDataset):
 
     def set_rank(self, rank: int, world_size: int) -> None:
         if self.train and len(self.index.urls) < world_size:
-            raise InputError(f"{self.index.root}: {len(self.index.urls)} shards cannot be split over {world_size} ranks; build smaller shards")
+            raise InputError(
+                f"{self.index.root}: {len(self.index.urls)} shards cannot be split over {world_size} ranks; build smaller shards"
+            )
         self.rank, self.world_size = rank, world_size
 
     def rank_urls(self) -> list[str]:
@@ -145,7 +172,9 @@ class ShardStream(IterableDataset):
         # iterator; mixing in the rank makes the streams differ across ranks too.
         base = info.seed if info else int(torch.randint(2**62, ()).item())
         seed = np.random.SeedSequence([self.seed, self.rank, worker, base]).generate_state(1)[0]
-        yield from (self.train_batches(urls, worker, workers, int(seed)) if self.train else self.val_batches(urls, 0))
+        yield from (
+            self.train_batches(urls, worker, workers, int(seed)) if self.train else self.val_batches(urls, 0)
+        )
 
     def samples(self, urls: Sequence[str], rng: np.random.Generator) -> Iterator[dict]:
         counts = self.index.counts
@@ -186,13 +215,17 @@ class ShardStream(IterableDataset):
         counts = self.index.counts
         live = [url for url in urls if counts[url] > 0]
         if not live:
-            raise InputError(f"{self.index.root}: rank {self.rank} reads {len(urls)} shards and none holds a sample: {', '.join(urls)}")
+            raise InputError(
+                f"{self.index.root}: rank {self.rank} reads {len(urls)} shards and none holds a sample: {', '.join(urls)}"
+            )
         while live:
             url = pick.choice(live)
             yield from self.samples([url], rng)
             if url in self.skipped:
                 live.remove(url)
-        raise DamagedShardError(f"{self.index.root}: every shard this loader reads is damaged: {', '.join(sorted(self.skipped))}")
+        raise DamagedShardError(
+            f"{self.index.root}: every shard this loader reads is damaged: {', '.join(sorted(self.skipped))}"
+        )
 
     def val_batches(self, urls: list[str], seed: int) -> Iterator[dict]:
         batch: list[dict] = []
@@ -244,7 +277,9 @@ class ShardDataModule(L.LightningDataModule):
         if self.val_index is None and val_shards > 0:
             self.train_index, self.val_index = hold_out(self.train_index, val_shards)
         if surface_points is not None and not 0 < surface_points <= self.sizes.surface_points:
-            raise InputError(f"{train}: surface_points={surface_points}, but its shapes hold {self.sizes.surface_points} surface points")
+            raise InputError(
+                f"{train}: surface_points={surface_points}, but its shapes hold {self.sizes.surface_points} surface points"
+            )
 
     @property
     def sizes(self):
@@ -260,15 +295,24 @@ class ShardDataModule(L.LightningDataModule):
     def converter(self, index: ShardIndex, train: bool) -> Callable[[dict, np.random.Generator], dict]:
         # Validation keeps every query (its first half is the uniform set that volume IoU reads) and surface point.
         hp = self.hparams
-        return ShapeSample(index.sizes, hp.query_points if train else None, hp.surface_points if train else None)
+        return ShapeSample(
+            index.sizes, hp.query_points if train else None, hp.surface_points if train else None
+        )
 
     def stream(self, index: ShardIndex, train: bool) -> ShardStream:
         hp = self.hparams
         convert = self.converter(index, train)
         stream = ShardStream(
-            index, hp.batch_size, train, convert, hp.shuffle_buffer, hp.batches_per_epoch, hp.seed,
-            on_corrupt_shard=hp.on_corrupt_shard, skip_log=self.skip_log(),
-        )  # fmt: skip
+            index,
+            hp.batch_size,
+            train,
+            convert,
+            hp.shuffle_buffer,
+            hp.batches_per_epoch,
+            hp.seed,
+            on_corrupt_shard=hp.on_corrupt_shard,
+            skip_log=self.skip_log(),
+        )
         stream.set_rank(*self.rank_and_world_size())
         return stream
 
@@ -288,7 +332,13 @@ class ShardDataModule(L.LightningDataModule):
 
     def loader(self, stream: ShardStream) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.stream(self.train_index, train=True))
@@ -315,11 +365,21 @@ class LatentDataModule(ShardDataModule):
         on_corrupt_shard: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__(
-            train, val, val_shards, batch_size, num_workers, query_points=None,
-            shuffle_buffer=shuffle_buffer, batches_per_epoch=batches_per_epoch, seed=seed, on_corrupt_shard=on_corrupt_shard,
-        )  # fmt: skip
+            train,
+            val,
+            val_shards,
+            batch_size,
+            num_workers,
+            query_points=None,
+            shuffle_buffer=shuffle_buffer,
+            batches_per_epoch=batches_per_epoch,
+            seed=seed,
+            on_corrupt_shard=on_corrupt_shard,
+        )
         if self.train_index.kind != "latent":
-            raise InputError(f"{self.train_index.root} is not a latent shard set; run `native3d encode` first")
+            raise InputError(
+                f"{self.train_index.root} is not a latent shard set; run `native3d encode` first"
+            )
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

@@ -60,7 +60,7 @@ class Sizes:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Sizes":
+    def from_dict(cls, data: dict) -> Sizes:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -162,7 +162,9 @@ def validate_latent_sample(sample: dict, latent_shape: tuple[int, ...], where: s
     for key in ("latent_mean.npy", "latent_std.npy"):
         array = sample[key]
         if array.dtype != np.float32 or array.shape != tuple(latent_shape):
-            raise SchemaError(f"{where}: key {key!r} is {array.dtype} {array.shape}, expected float32 {tuple(latent_shape)}")
+            raise SchemaError(
+                f"{where}: key {key!r} is {array.dtype} {array.shape}, expected float32 {tuple(latent_shape)}"
+            )
         if not np.isfinite(array).all():
             raise SchemaError(f"{where}: key {key!r} has non-finite values")
     if sample["views.npy"].dtype != np.uint8 or sample["views.npy"].ndim != 4:

@@ -114,7 +114,9 @@ def shard_keys(path: str | os.PathLike) -> list[str]:
         file.seek(end)
         marker = file.read(2 * tarfile.BLOCKSIZE)
     if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
-        raise DamagedShardError(f"shard {path}: the tar ends at byte {end} without its end-of-archive marker, after {len(keys)} samples")
+        raise DamagedShardError(
+            f"shard {path}: the tar ends at byte {end} without its end-of-archive marker, after {len(keys)} samples"
+        )
     return keys
 
 
@@ -131,13 +133,19 @@ def read_shard(url: str, expected: int, hint: str = "") -> Iterator[dict]:
     """
     found = 0
     try:
-        for raw in wds.WebDataset(url, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None):
+        for raw in wds.WebDataset(
+            url, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+        ):
             found += 1
             yield raw
     except (tarfile.TarError, OSError) as error:
-        raise DamagedShardError(f"shard {url}: unreadable after {found} of {expected} samples ({tar_reason(error)}){hint}") from error
+        raise DamagedShardError(
+            f"shard {url}: unreadable after {found} of {expected} samples ({tar_reason(error)}){hint}"
+        ) from error
     if found != expected:
-        raise DamagedShardError(f"shard {url}: its index records {expected} samples, the tar holds {found}{hint}")
+        raise DamagedShardError(
+            f"shard {url}: its index records {expected} samples, the tar holds {found}{hint}"
+        )
 
 
 def decode_members(raw: dict, names: tuple[str, ...]) -> dict:
@@ -218,17 +226,23 @@ def load_index(path: str | os.PathLike) -> ShardIndex:
     """Reads `index.json` (or the folder holding it) and checks that every shard it lists is there."""
     path = Path(path)
     if not path.exists():
-        raise MissingFileError(f"{path}: no such shard set (a folder holding index.json, or the index.json itself)")
+        raise MissingFileError(
+            f"{path}: no such shard set (a folder holding index.json, or the index.json itself)"
+        )
     if path.is_dir():
         path = path / "index.json"
     if not path.is_file():
-        raise MissingFileError(f"{path.parent}: holds no index.json; run `python -m data_prep index --out {path.parent}`")
+        raise MissingFileError(
+            f"{path.parent}: holds no index.json; run `python -m data_prep index --out {path.parent}`"
+        )
     try:
         info = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise SchemaError(f"{path}: not a readable index.json ({error})") from error
     if info.get("schema_version") != SCHEMA_VERSION:
-        raise SchemaError(f"{path}: schema_version {info.get('schema_version')}, this code reads {SCHEMA_VERSION}")
+        raise SchemaError(
+            f"{path}: schema_version {info.get('schema_version')}, this code reads {SCHEMA_VERSION}"
+        )
     shards = tuple((str(path.parent / s["url"]), int(s["count"])) for s in info["shards"])
     index = ShardIndex(root=path.parent, shards=shards, info=info)
     for entry in info["shards"]:

@@ -60,7 +60,9 @@ def cfg_model(model: Denoiser, scale: float, null_cond: Cond | None = None) -> D
     in the model's, so this works for velocity, eps and v alike. A None cond passes through.
     """
 
-    def guided(x_t: Float[Tensor, "B ..."], t: Float[Tensor, " B"], cond: Cond | None) -> Float[Tensor, "B ..."]:
+    def guided(
+        x_t: Float[Tensor, "B ..."], t: Float[Tensor, " B"], cond: Cond | None
+    ) -> Float[Tensor, "B ..."]:
         if cond is None:
             return model(x_t, t, cond)
         batch = x_t.shape[0]

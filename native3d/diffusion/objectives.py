@@ -21,7 +21,8 @@ The structure (one small callable per objective, per-sample loss) follows NVlabs
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from diffusers import DDPMScheduler
@@ -162,7 +163,9 @@ class DDPM:
         cond: Cond | None = None,
         generator: torch.Generator | None = None,
     ) -> Float[Tensor, " B"]:
-        step = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        step = torch.randint(
+            0, self.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator
+        )
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         alpha, sigma = self.coefficients(step, x0)
         x_t = (alpha * x0 + sigma * noise).to(x0.dtype)

@@ -44,9 +44,9 @@ import torch
 import trimesh
 from tqdm import tqdm
 
+from native3d.conditioning.condition import ImageConditioner
 from native3d.data.schema import NORMALIZED_HALF_EXTENT
 from native3d.data.shards import iter_samples, load_index
-from native3d.conditioning.condition import ImageConditioner
 from native3d.evaluation.report import EvaluationReport, json_safe
 from native3d.geometry.mesh import MESH_EXTENSIONS, MeshError, load_mesh, normalize
 from native3d.metrics import MetricResult, coverage, minimum_matching_distance, one_nna, pairwise_distances
@@ -93,19 +93,30 @@ def read_samples_file(folder: Path) -> tuple[dict[str, dict], list[dict], dict]:
     if not path.is_file():
         return {}, [], {}
     data = json.loads(path.read_text())
-    entries, settings = (data, {}) if isinstance(data, list) else (data.get("samples", []), data.get("settings", {}))
+    entries, settings = (
+        (data, {}) if isinstance(data, list) else (data.get("samples", []), data.get("settings", {}))
+    )
     if not all(isinstance(e, dict) and "file" in e for e in entries):
         raise ValueError(f"{path}: every sample entry needs a 'file' (null for a sample that wrote no mesh)")
     failures = [
-        {"id": f"sample {e.get('index', i)} ({e.get('prompt')})", "reason": "no_file", "detail": e.get("error", "")}
-        for i, e in enumerate(entries) if not e["file"]
-    ]  # fmt: skip
+        {
+            "id": f"sample {e.get('index', i)} ({e.get('prompt')})",
+            "reason": "no_file",
+            "detail": e.get("error", ""),
+        }
+        for i, e in enumerate(entries)
+        if not e["file"]
+    ]
     return {Path(e["file"]).as_posix(): e for e in entries if e["file"]}, failures, settings
 
 
 def mesh_files(folder: Path) -> list[str]:
     """Mesh files under `folder`, as sorted paths relative to it."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS)
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS
+    )
 
 
 def sample_mesh(path: Path, points: int, seed: int) -> np.ndarray:
@@ -123,7 +134,11 @@ def load_generated(folder: str | os.PathLike, points: int, seed: int) -> tuple[P
     files = mesh_files(folder)
     if not files and not listed:
         raise NoMeshError(f"{folder}: no mesh files ({', '.join(MESH_EXTENSIONS)}) to evaluate", failures)
-    failures += [{"id": f, "reason": "missing_file", "detail": f"{SAMPLES_FILE} names it"} for f in listed if f not in files]
+    failures += [
+        {"id": f, "reason": "missing_file", "detail": f"{SAMPLES_FILE} names it"}
+        for f in listed
+        if f not in files
+    ]
     names, clouds, entries = [], [], []
     for name in tqdm(files, desc="load meshes", unit="mesh"):
         try:
@@ -133,7 +148,9 @@ def load_generated(folder: str | os.PathLike, points: int, seed: int) -> tuple[P
             failures.append({"id": name, "reason": error.reason, "detail": error.detail})
             continue
         names.append(name)
-        entries.append({"prompt": listed.get(name, {}).get("prompt"), "class": listed.get(name, {}).get("class")})
+        entries.append(
+            {"prompt": listed.get(name, {}).get("prompt"), "class": listed.get(name, {}).get("class")}
+        )
     if not clouds:
         raise NoMeshError(f"{folder}: none of {len(files)} mesh files could be read: {failures}", failures)
     return PointSet(names, torch.from_numpy(np.stack(clouds)), entries), failures, sampler_settings
@@ -179,15 +196,21 @@ def nearest_classes(d_sr: torch.Tensor, ref_classes: list[str], reduce: ClassDis
     return [names[k] for k in per_class.argmin(dim=1).tolist()]  # (S,)
 
 
-def prompt_accuracy(d_sr: torch.Tensor, samples: PointSet, refs: PointSet, reduce: ClassDistance) -> tuple[dict, list[dict]]:
+def prompt_accuracy(
+    d_sr: torch.Tensor, samples: PointSet, refs: PointSet, reduce: ClassDistance
+) -> tuple[dict, list[dict]]:
     """Prompt accuracy (summary entries) and each sample's prompted and nearest class."""
     ref_classes = [e["class"] for e in refs.entries]
     if any(c is None for c in ref_classes):
-        return {"prompt_accuracy": None, "prompt_accuracy_note": "reference samples carry no meta 'class'"}, [{}] * len(samples.names)
+        return {"prompt_accuracy": None, "prompt_accuracy_note": "reference samples carry no meta 'class'"}, [
+            {}
+        ] * len(samples.names)
     classes = set(ref_classes)
     predicted = nearest_classes(d_sr, ref_classes, reduce)
     labels = [prompted_class(e, classes) for e in samples.entries]
-    rows = [{"prompted_class": c, "class_from": src, "nearest_class": p} for (c, src), p in zip(labels, predicted)]
+    rows = [
+        {"prompted_class": c, "class_from": src, "nearest_class": p} for (c, src), p in zip(labels, predicted)
+    ]
     scored = [(c, p) for (c, _), p in zip(labels, predicted) if c in classes]
     summary = {
         "prompt_accuracy": float(np.mean([c == p for c, p in scored])) if scored else None,
@@ -198,7 +221,9 @@ def prompt_accuracy(d_sr: torch.Tensor, samples: PointSet, refs: PointSet, reduc
     return summary, rows
 
 
-def distance_matrices(samples: PointSet, refs: PointSet, metric: Distance, seed: int) -> tuple[MetricResult, MetricResult, MetricResult]:
+def distance_matrices(
+    samples: PointSet, refs: PointSet, metric: Distance, seed: int
+) -> tuple[MetricResult, MetricResult, MetricResult]:
     """D_sr, D_ss and D_rr with one set of settings."""
     kwargs = {"chamfer": {"convention": CHAMFER_CONVENTION}, "emd": {"emd_backend": EMD_BACKEND}}[metric]
     pairs = ((samples.points, refs.points), (samples.points, samples.points), (refs.points, refs.points))
@@ -227,34 +252,59 @@ def evaluate_generation(
     refs = load_reference(reference, points, seed)
     count = refs.points.shape[1]  # the reference may hold fewer surface points than asked for
     if count < points:
-        log.warning("the reference holds %d surface points per shape; using %d points, not %d", count, count, points)
+        log.warning(
+            "the reference holds %d surface points per shape; using %d points, not %d", count, count, points
+        )
     samples, failures, sampler_settings = load_generated(samples_folder, count, seed)
     d_sr, d_ss, d_rr = distance_matrices(samples, refs, metric, seed)
-    stats = {"mmd": minimum_matching_distance(d_sr), "cov": coverage(d_sr), "1-nna": one_nna(d_sr, d_ss, d_rr)}
+    stats = {
+        "mmd": minimum_matching_distance(d_sr),
+        "cov": coverage(d_sr),
+        "1-nna": one_nna(d_sr, d_ss, d_rr),
+    }
     accuracy, class_rows = prompt_accuracy(d_sr.value, samples, refs, class_distance)
     nearest = d_sr.value.min(dim=1)
     rows = [
-        {"file": name, "prompt": entry["prompt"], **cls, "nearest_reference": refs.names[j], "nearest_distance": float(d)}
-        for name, entry, cls, d, j in zip(samples.names, samples.entries, class_rows, nearest.values, nearest.indices.tolist())
-    ]  # fmt: skip
+        {
+            "file": name,
+            "prompt": entry["prompt"],
+            **cls,
+            "nearest_reference": refs.names[j],
+            "nearest_distance": float(d),
+        }
+        for name, entry, cls, d, j in zip(
+            samples.names, samples.entries, class_rows, nearest.values, nearest.indices.tolist()
+        )
+    ]
     summary = {
-        "num_samples": len(samples.names), "num_failed": len(failures), "num_reference": len(refs.names),
+        "num_samples": len(samples.names),
+        "num_failed": len(failures),
+        "num_reference": len(refs.names),
         **{name: r.mean() for name, r in stats.items()},
-        "1-nna_samples": float(stats["1-nna"].parts["accuracy_samples"]), "1-nna_refs": float(stats["1-nna"].parts["accuracy_refs"]),
+        "1-nna_samples": float(stats["1-nna"].parts["accuracy_samples"]),
+        "1-nna_refs": float(stats["1-nna"].parts["accuracy_refs"]),
         **accuracy,
-    }  # fmt: skip
+    }
     settings = {
-        "metric": metric, "chamfer_convention": CHAMFER_CONVENTION if metric == "chamfer" else None,
-        "emd_backend": EMD_BACKEND if metric == "emd" else None, "points_requested": points, "points": count,
+        "metric": metric,
+        "chamfer_convention": CHAMFER_CONVENTION if metric == "chamfer" else None,
+        "emd_backend": EMD_BACKEND if metric == "emd" else None,
+        "points_requested": points,
+        "points": count,
         "point_sampling": "generated: area-weighted on the mesh; reference: subset of the shard's surface points",
-        "normalization": NORMALIZATION, "class_distance": class_distance, "seed": seed,
-        "metrics": {name: r.settings for name, r in stats.items()}, "sampler_settings": sampler_settings,
-    }  # fmt: skip
+        "normalization": NORMALIZATION,
+        "class_distance": class_distance,
+        "seed": seed,
+        "metrics": {name: r.settings for name, r in stats.items()},
+        "sampler_settings": sampler_settings,
+    }
     inputs = {"meshes": str(samples_folder), "reference": str(reference)}
     return EvaluationReport("generation", inputs, settings, summary, rows, failures)
 
 
-def reference_conditions(reference: str | os.PathLike, per_class: int, image: bool, folder: Path) -> dict[str, str]:
+def reference_conditions(
+    reference: str | os.PathLike, per_class: int, image: bool, folder: Path
+) -> dict[str, str]:
     """Conditions that the reference set's classes define: {prompt or PNG path: class}.
 
     Text: the prompt "a <class>" for every class (each sampled `per_class` times by the caller).
@@ -275,7 +325,9 @@ def reference_conditions(reference: str | os.PathLike, per_class: int, image: bo
         if taken.get(cls, 0) >= per_class:
             continue
         if "views.npy" not in sample:
-            raise ValueError(f"{reference}: object {sample['__key__']} has no rendered views to condition on; give --image")
+            raise ValueError(
+                f"{reference}: object {sample['__key__']} has no rendered views to condition on; give --image"
+            )
         taken[cls] = taken.get(cls, 0) + 1
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{cls}-{sample['__key__']}.png"
@@ -314,9 +366,14 @@ def evaluate_checkpoint(
             image = isinstance(model.conditioner, ImageConditioner)
             conditions = reference_conditions(reference, settings.num, image, out / "conditions")
             labels = {Path(c).stem if image else c: cls for c, cls in conditions.items()}
-            settings = replace(settings, **({"images": list(conditions), "num": 1} if image else {"prompts": list(conditions)}))
+            settings = replace(
+                settings,
+                **({"images": list(conditions), "num": 1} if image else {"prompts": list(conditions)}),
+            )
     listed = samples / SAMPLES_FILE
-    if not (listed.is_file() and json.loads(listed.read_text()).get("settings") == json_safe(asdict(settings))):
+    if not (
+        listed.is_file() and json.loads(listed.read_text()).get("settings") == json_safe(asdict(settings))
+    ):
         shutil.rmtree(samples, ignore_errors=True)
         record = sample_to_folder(settings, samples, model)
         if labels:
@@ -325,16 +382,28 @@ def evaluate_checkpoint(
             write_json(listed, record)
     requested = len(json.loads(listed.read_text())["samples"])
     try:
-        report = evaluate_generation(samples, reference, points=points, metric=metric, class_distance=class_distance, seed=seed)
-    except NoMeshError as error:  # nothing decoded to a surface: nothing to measure, and every prompted sample is wrong
+        report = evaluate_generation(
+            samples, reference, points=points, metric=metric, class_distance=class_distance, seed=seed
+        )
+    except (
+        NoMeshError
+    ) as error:  # nothing decoded to a surface: nothing to measure, and every prompted sample is wrong
         log.warning("%s", error)
         summary = {"num_samples": 0, "num_failed": requested, "error": str(error)}
         if labels:
             summary["prompt_accuracy_of_requested"] = 0.0
-        report = EvaluationReport("generation", {"meshes": str(samples), "reference": str(reference)}, {}, summary, failures=error.failures)
+        report = EvaluationReport(
+            "generation",
+            {"meshes": str(samples), "reference": str(reference)},
+            {},
+            summary,
+            failures=error.failures,
+        )
     summary = report.summary
     summary["num_requested"] = requested
     if summary.get("num_prompted"):
-        summary["prompt_accuracy_of_requested"] = summary["prompt_accuracy"] * summary["num_prompted"] / requested
+        summary["prompt_accuracy_of_requested"] = (
+            summary["prompt_accuracy"] * summary["num_prompted"] / requested
+        )
     report.inputs["ckpt"] = str(settings.ckpt)
     return report

@@ -85,7 +85,9 @@ def iter_reconstructions(
             yield Reconstruction(sample["__key__"], sample, pred[i], mesh, reason)
 
 
-def decoded_mesh(autoencoder: LatentAutoencoder, latent: torch.Tensor, resolution: int) -> tuple[trimesh.Trimesh | None, str | None]:
+def decoded_mesh(
+    autoencoder: LatentAutoencoder, latent: torch.Tensor, resolution: int
+) -> tuple[trimesh.Trimesh | None, str | None]:
     try:
         vertices, faces = decode_mesh(autoencoder, latent, resolution)
     except NoSurfaceError as error:
@@ -102,7 +104,9 @@ def reference_mesh(sample: dict) -> trimesh.Trimesh:
 def mesh_points(mesh: trimesh.Trimesh, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` area-weighted points on the mesh and the normals of their faces: (K, 3) each."""
     points, face = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    return torch.from_numpy(np.asarray(points, np.float32)), torch.from_numpy(np.asarray(mesh.face_normals[face], np.float32))
+    return torch.from_numpy(np.asarray(points, np.float32)), torch.from_numpy(
+        np.asarray(mesh.face_normals[face], np.float32)
+    )
 
 
 def reference_points(sample: dict, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,11 +117,17 @@ def reference_points(sample: dict, count: int, seed: int) -> tuple[torch.Tensor,
     return torch.from_numpy(surface[:, :3]), torch.from_numpy(surface[:, 3:])
 
 
-def score(rec: Reconstruction, points: int, threshold: float, seed: int) -> tuple[dict, dict[str, MetricResult]]:
+def score(
+    rec: Reconstruction, points: int, threshold: float, seed: int
+) -> tuple[dict, dict[str, MetricResult]]:
     """One object's row and the metric results behind it (for their settings)."""
     stored = torch.from_numpy(uniform_queries(rec.sample["query.npy"])[:, 3].astype(np.float32))
     results = {"volume_iou": volume_iou(torch.from_numpy(rec.pred_sdf)[None], stored[None], kind="sdf")}
-    row = {"id": rec.id, "class": rec.sample["meta.json"].get("class"), "status": "ok" if rec.mesh else "no_surface"}
+    row = {
+        "id": rec.id,
+        "class": rec.sample["meta.json"].get("class"),
+        "status": "ok" if rec.mesh else "no_surface",
+    }
     if rec.mesh is not None:
         x, x_normals = (t[None] for t in mesh_points(rec.mesh, points, seed))  # (1, K, 3)
         ref, ref_normals = (t[None] for t in reference_points(rec.sample, points, seed))  # (1, N', 3)
@@ -181,13 +191,19 @@ def evaluate_reconstruction(
     recs = iter_reconstructions(autoencoder, index, resolution, limit, batch_size)
     rows, failures, metric_settings = score_reconstructions(recs, points, fscore_threshold, seed, total)
     settings = {
-        "resolution": resolution, "limit": limit, "mesh_points": points,
-        "reference_points": min(points, index.sizes.surface_points), "fscore_threshold": fscore_threshold,
-        "chamfer_convention": CHAMFER_CONVENTION, "latent": "posterior mode",
+        "resolution": resolution,
+        "limit": limit,
+        "mesh_points": points,
+        "reference_points": min(points, index.sizes.surface_points),
+        "fscore_threshold": fscore_threshold,
+        "chamfer_convention": CHAMFER_CONVENTION,
+        "latent": "posterior mode",
         "iou_queries": f"uniform half of query.npy ({index.sizes.query_points // 2} points), sign agreement",
         "normalization": "none: meshes and shard points are both in the schema's normalized frame",
-        "mesh_means_over": "objects with a surface (num_meshed)", "seed": seed, "device": device,
+        "mesh_means_over": "objects with a surface (num_meshed)",
+        "seed": seed,
+        "device": device,
         "metrics": metric_settings,
-    }  # fmt: skip
+    }
     inputs = {"ckpt": str(ckpt), "data": str(index.root)}
     return EvaluationReport("reconstruction", inputs, settings, summarize(rows), rows, failures)

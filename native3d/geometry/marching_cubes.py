@@ -43,7 +43,12 @@ def evaluate(field: Field, points: np.ndarray, chunk: int) -> np.ndarray:
     """The field at (P, 3) points, `chunk` points per call; P may be 0 (no cell left to refine)."""
     if len(points) == 0:
         return np.zeros(0, dtype=np.float32)
-    return np.concatenate([np.asarray(field(points[i : i + chunk]), dtype=np.float32).reshape(-1) for i in range(0, len(points), chunk)])
+    return np.concatenate(
+        [
+            np.asarray(field(points[i : i + chunk]), dtype=np.float32).reshape(-1)
+            for i in range(0, len(points), chunk)
+        ]
+    )
 
 
 def dense_grid(field: Field, resolution: int, chunk: int = 2**18) -> FieldGrid:
@@ -58,7 +63,9 @@ def coarse_to_fine_grid(
     """Evaluates `field` only near its zero level set; `resolution` / `start_resolution` must be a power of 2."""
     levels = int(np.log2(resolution // start_resolution))
     if start_resolution * 2**levels != resolution:
-        raise ValueError(f"resolution {resolution} is not start_resolution {start_resolution} times a power of 2")
+        raise ValueError(
+            f"resolution {resolution} is not start_resolution {start_resolution} times a power of 2"
+        )
     grid = dense_grid(field, start_resolution, chunk)
     values, queries = grid.values, grid.queries
     for level in range(1, levels + 1):
@@ -75,8 +82,14 @@ def coarse_to_fine_grid(
 
 def active_cells(values: np.ndarray, cell_size: float, safety: float) -> np.ndarray:
     """Cells whose 8 corners change sign or come within the bound of the surface."""
-    corners = np.stack([values[i : values.shape[0] - 1 + i, j : values.shape[1] - 1 + j, k : values.shape[2] - 1 + k]
-                        for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # fmt: skip
+    corners = np.stack(
+        [
+            values[i : values.shape[0] - 1 + i, j : values.shape[1] - 1 + j, k : values.shape[2] - 1 + k]
+            for i in (0, 1)
+            for j in (0, 1)
+            for k in (0, 1)
+        ]
+    )
     near = np.abs(corners).min(axis=0) < safety * cell_size * np.sqrt(3) / 2
     return near | ((corners.min(axis=0) < 0) & (corners.max(axis=0) > 0))
 
@@ -89,7 +102,9 @@ def fine_samples_of(active: np.ndarray) -> np.ndarray:
     for i in (0, 1):
         for j in (0, 1):
             for k in (0, 1):
-                samples |= padded[i : i + samples.shape[0], j : j + samples.shape[1], k : k + samples.shape[2]]
+                samples |= padded[
+                    i : i + samples.shape[0], j : j + samples.shape[1], k : k + samples.shape[2]
+                ]
     return samples
 
 
@@ -101,7 +116,9 @@ def upsample(values: np.ndarray, size: int) -> np.ndarray:
 def marching_cubes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The zero level set of a corner grid over [-1, 1]^3: vertices (V, 3) and outward faces (F, 3)."""
     if not (values.min() < 0 < values.max()):
-        raise NoSurfaceError(f"the field has no zero crossing (min {values.min():.4f}, max {values.max():.4f})")
+        raise NoSurfaceError(
+            f"the field has no zero crossing (min {values.min():.4f}, max {values.max():.4f})"
+        )
     # PyMCubes orients faces outward for fields that are larger inside, hence the negation.
     vertices, faces = mcubes.marching_cubes(-values.astype(np.float64), 0.0)
     return index_to_coord(vertices, values.shape[0]).astype(np.float32), faces.astype(np.int64)

@@ -55,7 +55,9 @@ def as_triangle_mesh(loaded: object, name: str = "mesh") -> trimesh.Trimesh:
     raise MeshError("no_faces", f"{name} holds {type(loaded).__name__}, not a triangle mesh")
 
 
-def check_mesh(mesh: trimesh.Trimesh, max_faces: int = DEFAULT_MAX_FACES, name: str = "mesh") -> trimesh.Trimesh:
+def check_mesh(
+    mesh: trimesh.Trimesh, max_faces: int = DEFAULT_MAX_FACES, name: str = "mesh"
+) -> trimesh.Trimesh:
     """Rejects meshes that no later stage can use; returns the mesh unchanged otherwise."""
     if len(mesh.faces) == 0:
         raise MeshError("no_faces", f"{name} has no faces")

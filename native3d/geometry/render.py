@@ -72,7 +72,9 @@ def _polydata(mesh: trimesh.Trimesh):
     import pyvista as pv
 
     faces = np.asarray(mesh.faces, dtype=np.int64)
-    cells = np.hstack([np.full((len(faces), 1), 3, dtype=np.int64), faces]).ravel()  # VTK: [3, i, j, k] per face
+    cells = np.hstack(
+        [np.full((len(faces), 1), 3, dtype=np.int64), faces]
+    ).ravel()  # VTK: [3, i, j, k] per face
     return pv.PolyData(np.asarray(mesh.vertices, dtype=np.float64), cells)
 
 

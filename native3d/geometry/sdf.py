@@ -40,7 +40,9 @@ SIGN_MARGIN = 0.1  # a far component is decided only if all its lattice |w| are 
 MAX_SPLITS = 12  # midpoint subdivision rounds for long triangles (each halves the extent)
 
 
-def signed_distance(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, truncation: float) -> np.ndarray:
+def signed_distance(
+    vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, truncation: float
+) -> np.ndarray:
     """Signed distance (negative inside) at arbitrary points, clamped to +-truncation; (P,) float32."""
     v, f = _igl_arrays(vertices, faces)
     pts = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
@@ -66,7 +68,9 @@ def sdf_grid(vertices: np.ndarray, faces: np.ndarray, resolution: int, truncatio
     return sdf.reshape((resolution,) * 3).astype(np.float32)
 
 
-def band_candidates(vertices: np.ndarray, faces: np.ndarray, resolution: int, truncation: float) -> np.ndarray:
+def band_candidates(
+    vertices: np.ndarray, faces: np.ndarray, resolution: int, truncation: float
+) -> np.ndarray:
     """A (R, R, R) bool superset of the grid samples closer than `truncation` to the surface."""
     spacing = 2.0 / (resolution - 1)
     tris = _split_long(vertices[faces], max_extent=max(truncation, spacing))
@@ -106,7 +110,9 @@ def _split_long(tris: np.ndarray, max_extent: float) -> np.ndarray:
             break
         a, b, c = tris[:, 0], tris[:, 1], tris[:, 2]
         ab, bc, ca = (a + b) / 2, (b + c) / 2, (c + a) / 2
-        tris = np.concatenate([np.stack(t, axis=1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
+        tris = np.concatenate(
+            [np.stack(t, axis=1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))]
+        )
     return np.concatenate(done + [tris])
 
 
@@ -123,7 +129,12 @@ def _grid_inside(v: np.ndarray, f: np.ndarray, pts: np.ndarray, near: np.ndarray
     decided, component_inside = _vote(labels[lattice], w[lattice], count)
     rest = np.flatnonzero((labels > 0) & ~decided[labels] & ~lattice)
     if len(rest):
-        logger.debug("far sign: %d of %d components undecided, %d points evaluated", (~decided[1:]).sum(), count, len(rest))
+        logger.debug(
+            "far sign: %d of %d components undecided, %d points evaluated",
+            (~decided[1:]).sum(),
+            count,
+            len(rest),
+        )
         w[rest] = np.abs(_winding_number(v, f, pts[rest]))
     far_decided = (labels > 0) & decided[labels]
     return np.where(far_decided, component_inside[labels], w > 0.5)

@@ -39,20 +39,24 @@ def random_cube_symmetries(
     return perm, signs
 
 
-def transform_points(points: Float[Tensor, "B N 3"], perm: Int[Tensor, "B 3"], signs: Float[Tensor, "B 3"]) -> Float[Tensor, "B N 3"]:
+def transform_points(
+    points: Float[Tensor, "B N 3"], perm: Int[Tensor, "B 3"], signs: Float[Tensor, "B 3"]
+) -> Float[Tensor, "B N 3"]:
     """x'_k = s_k x_{p_k}; normals transform the same way, the maps being orthogonal."""
     index = perm.to(points.device)[:, None, :].expand(-1, points.shape[1], -1)
     return points.gather(-1, index) * signs.to(points)[:, None, :]
 
 
-def transform_grid(grid: Float[Tensor, "R R R"], perm: Int[Tensor, "3"], signs: Float[Tensor, "3"]) -> Float[Tensor, "R R R"]:
+def transform_grid(
+    grid: Float[Tensor, "R R R"], perm: Int[Tensor, 3], signs: Float[Tensor, 3]
+) -> Float[Tensor, "R R R"]:
     """A corner-convention [x, y, z] grid: new axis k is old axis p_k, reversed where s_k < 0."""
     grid = grid.permute(*perm.tolist())
     return grid.flip([k for k in range(3) if signs[k] < 0])
 
 
 def transform_planes(
-    planes: Float[Tensor, "P C R R"], perm: Int[Tensor, "3"], signs: Float[Tensor, "3"]
+    planes: Float[Tensor, "P C R R"], perm: Int[Tensor, 3], signs: Float[Tensor, 3]
 ) -> Float[Tensor, "P C R R"]:
     """Triplanes that reduce their third axis symmetrically (min, mean), as `project_triplane` does.
 
@@ -73,12 +77,21 @@ def transform_shape_batch(batch: dict, perm: Int[Tensor, "B 3"], signs: Float[Te
     out = {key: value for key, value in batch.items() if key != "views"}
     if "surface" in batch:
         surface = batch["surface"]  # (B, N, 6): points, normals
-        out["surface"] = torch.cat([transform_points(surface[..., :3], perm, signs), transform_points(surface[..., 3:6], perm, signs), surface[..., 6:]], dim=-1)
+        out["surface"] = torch.cat(
+            [
+                transform_points(surface[..., :3], perm, signs),
+                transform_points(surface[..., 3:6], perm, signs),
+                surface[..., 6:],
+            ],
+            dim=-1,
+        )
     if "query" in batch:
         query = batch["query"]  # (B, Q, 4): points, sdf
         out["query"] = torch.cat([transform_points(query[..., :3], perm, signs), query[..., 3:]], dim=-1)
     if "sdf" in batch:
         out["sdf"] = torch.stack([transform_grid(g, p, s) for g, p, s in zip(batch["sdf"], perm, signs)])
     if "triplane" in batch:
-        out["triplane"] = torch.stack([transform_planes(t, p, s) for t, p, s in zip(batch["triplane"], perm, signs)])
+        out["triplane"] = torch.stack(
+            [transform_planes(t, p, s) for t, p, s in zip(batch["triplane"], perm, signs)]
+        )
     return out

@@ -64,7 +64,9 @@ def pair_distances(
     return emd_values(x, y, emd_backend, eps)
 
 
-def check_distance_args(metric: Distance, convention: Convention | None, emd_backend: EMDBackend | None) -> None:
+def check_distance_args(
+    metric: Distance, convention: Convention | None, emd_backend: EMDBackend | None
+) -> None:
     """Chamfer needs a named convention and EMD a named backend: no silent defaults."""
     if metric not in ("chamfer", "emd"):
         raise ValueError(f"unknown metric {metric!r}; use 'chamfer' or 'emd'")
@@ -122,7 +124,9 @@ def prepare_sets(
     seed: int | None,
 ) -> tuple[Float[Tensor, "S K 3"], Float[Tensor, "R K 3"]]:
     """Subsamples (seeded) then normalizes both sets; "global" uses the references' box."""
-    return normalize_pair(subsample(samples, num_points, seed), subsample(refs, num_points, seed), normalization)
+    return normalize_pair(
+        subsample(samples, num_points, seed), subsample(refs, num_points, seed), normalization
+    )
 
 
 def pairwise_distances(
@@ -158,7 +162,9 @@ def pairwise_distances(
     check_distance_args(metric, convention, emd_backend)
     samples, refs = prepare_sets(samples, refs, normalization, num_points, seed)
     d = distance_matrix(samples, refs, metric, convention, emd_backend, pair_chunk, point_chunk, eps)
-    return MetricResult(d, distance_settings(metric, samples, refs, normalization, seed, convention, emd_backend, eps))
+    return MetricResult(
+        d, distance_settings(metric, samples, refs, normalization, seed, convention, emd_backend, eps)
+    )
 
 
 def summary_settings(statistic: str, d: MetricResult) -> dict:

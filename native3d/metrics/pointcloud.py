@@ -116,7 +116,9 @@ def normalize_pair(
     raise ValueError(f"unknown normalization {normalization!r}")
 
 
-def subsample(pts: Float[Tensor, "B N C"], num_points: int | None, seed: int | None) -> Float[Tensor, "B K C"]:
+def subsample(
+    pts: Float[Tensor, "B N C"], num_points: int | None, seed: int | None
+) -> Float[Tensor, "B K C"]:
     """Draws `num_points` points per shape without replacement (seeded); None keeps all."""
     if num_points is None or num_points == pts.shape[-2]:
         return pts
@@ -138,7 +140,9 @@ def nearest_neighbors(
     small distances, so the returned distance is recomputed from the coordinates; it is
     exact for the neighbour found and differentiable in x and y.
     """
-    idx = torch.cat([torch.cdist(x[:, i : i + chunk], y).argmin(dim=-1) for i in range(0, x.shape[1], chunk)], dim=1)
+    idx = torch.cat(
+        [torch.cdist(x[:, i : i + chunk], y).argmin(dim=-1) for i in range(0, x.shape[1], chunk)], dim=1
+    )
     nearest = torch.gather(y, 1, idx[..., None].expand(-1, -1, 3))  # (B, N, 3)
     return (x - nearest).norm(dim=-1), idx
 
@@ -166,7 +170,9 @@ def chamfer_distance(
 ) -> MetricResult:
     """Chamfer distance per pair, `value` of shape (B,), under the named `convention`."""
     x, ref = normalize_pair(subsample(x, num_points, seed), subsample(ref, num_points, seed), normalization)
-    value = chamfer_from_nn(nearest_neighbors(x, ref, chunk)[0], nearest_neighbors(ref, x, chunk)[0], convention)
+    value = chamfer_from_nn(
+        nearest_neighbors(x, ref, chunk)[0], nearest_neighbors(ref, x, chunk)[0], convention
+    )
     return MetricResult(value, settings_for("chamfer", x, ref, normalization, seed, convention=convention))
 
 

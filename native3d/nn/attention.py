@@ -61,7 +61,7 @@ class Attention(nn.Module):
         self,
         x: Float[Tensor, "B L C"],
         context: Float[Tensor, "B S Cc"] | None = None,
-        mask: Bool[Tensor, "..."] | Float[Tensor, "..."] | None = None,
+        mask: Bool[Tensor, ...] | Float[Tensor, ...] | None = None,
     ) -> Float[Tensor, "B L C"]:
         """`mask` (optional): (B, S) key padding, (B, L, S) or (B, heads, L, S); True = attend."""
         if self.is_cross and context is None:
@@ -116,7 +116,9 @@ class TransformerBlock(nn.Module):
         self.norm_cross = nn.LayerNorm(dim) if context_dim is not None else None
         self.norm_context = nn.LayerNorm(context_dim) if context_dim is not None else None
         self.cross_attn = (
-            Attention(dim, heads, context_dim=context_dim, qk_norm=qk_norm) if context_dim is not None else None
+            Attention(dim, heads, context_dim=context_dim, qk_norm=qk_norm)
+            if context_dim is not None
+            else None
         )
         has_mlp = mlp_ratio > 0
         self.norm_mlp = nn.LayerNorm(dim) if has_mlp else None

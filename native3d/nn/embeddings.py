@@ -63,7 +63,9 @@ class FourierPointEmbedding(nn.Module):
         return self.proj(encoded)
 
 
-def timestep_sinusoid(t: Float[Tensor, " B"], dim: int, max_period: float = 10_000.0) -> Float[Tensor, "B dim"]:
+def timestep_sinusoid(
+    t: Float[Tensor, " B"], dim: int, max_period: float = 10_000.0
+) -> Float[Tensor, "B dim"]:
     """[cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)), as in DiT / GLIDE."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)

@@ -107,7 +107,9 @@ class ConditionEmbedding(nn.Module):
             nn.Sequential(nn.Linear(pooled_dim, dim), nn.SiLU(), nn.Linear(dim, dim)) if pooled_dim else None
         )
         self.context = (
-            nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, token_dim or dim)) if context_dim else None
+            nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, token_dim or dim))
+            if context_dim
+            else None
         )
 
     def forward(

@@ -67,11 +67,23 @@ class AutoencoderModule(L.LightningModule):
         points = points.requires_grad_(hp.eikonal_weight > 0)
         pred, posterior = self.autoencoder(inputs, points, sample_posterior=stage == "train")
         terms = autoencoder_loss(
-            pred, target, posterior, kl_weight=hp.kl_weight, clamp=hp.clamp, kind=hp.loss,
-            eikonal_weight=hp.eikonal_weight, points=points, iou_weight=hp.iou_weight,
-        )  # fmt: skip
+            pred,
+            target,
+            posterior,
+            kl_weight=hp.kl_weight,
+            clamp=hp.clamp,
+            kind=hp.loss,
+            eikonal_weight=hp.eikonal_weight,
+            points=points,
+            iou_weight=hp.iou_weight,
+        )
         check_finite(terms["loss"], batch["id"], stage, self.global_step)
-        self.log_dict({f"{stage}/{k}": v.detach() for k, v in terms.items()}, prog_bar=stage == "train", batch_size=len(pred), sync_dist=stage != "train")
+        self.log_dict(
+            {f"{stage}/{k}": v.detach() for k, v in terms.items()},
+            prog_bar=stage == "train",
+            batch_size=len(pred),
+            sync_dist=stage != "train",
+        )
         terms["pred"] = pred
         return terms
 
@@ -104,7 +116,13 @@ class AutoencoderModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._stats_step != self.global_step:
             self.refresh_latent_statistics()
-            checkpoint["state_dict"].update({f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items() if k.startswith("latent_")})
+            checkpoint["state_dict"].update(
+                {
+                    f"autoencoder.{k}": v
+                    for k, v in self.autoencoder.state_dict().items()
+                    if k.startswith("latent_")
+                }
+            )
 
     @torch.no_grad()
     def refresh_latent_statistics(self) -> None:
@@ -120,15 +138,22 @@ class AutoencoderModule(L.LightningModule):
         )
         mean, std = self.autoencoder.fit_latent_statistics(latents)
         if self.trainer.world_size > 1:  # every rank saw its own shards; average the estimates
-            self.autoencoder.latent_mean.copy_(self.trainer.strategy.reduce(mean.to(self.device), reduce_op="mean"))
-            self.autoencoder.latent_std.copy_(self.trainer.strategy.reduce(std.to(self.device), reduce_op="mean"))
+            self.autoencoder.latent_mean.copy_(
+                self.trainer.strategy.reduce(mean.to(self.device), reduce_op="mean")
+            )
+            self.autoencoder.latent_std.copy_(
+                self.trainer.strategy.reduce(std.to(self.device), reduce_op="mean")
+            )
         self.autoencoder.train(was_training)
         self._stats_step = self.global_step
 
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = build_optimizer(self.autoencoder, hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay)
-        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_scheduler(optimizer, hp.warmup_steps, self.trainer)}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine_scheduler(optimizer, hp.warmup_steps, self.trainer),
+        }
 
 
 def mesh_scores(meshes: list[np.ndarray | None], surface: Tensor, count: int = 2048) -> dict[str, float]:
@@ -137,7 +162,9 @@ def mesh_scores(meshes: list[np.ndarray | None], surface: Tensor, count: int = 2
     scores = {"surface_found": len(pairs) / max(1, len(meshes))}
     if pairs:
         pred = torch.stack([p for p, _ in pairs]).to(surface.device)
-        ref = torch.stack([s[torch.randperm(len(s), generator=torch.Generator().manual_seed(0))[:count]] for _, s in pairs])
+        ref = torch.stack(
+            [s[torch.randperm(len(s), generator=torch.Generator().manual_seed(0))[:count]] for _, s in pairs]
+        )
         scores["chamfer_l1"] = chamfer_distance(pred, ref, convention="l1").mean()
         scores["fscore_0.02"] = f_score(pred, ref, threshold=0.02).mean()
     return scores

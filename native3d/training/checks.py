@@ -14,4 +14,6 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_finite(loss: Tensor, ids: Sequence[str], stage: str, step: int) -> None:
     if not torch.isfinite(loss.detach()).all():
-        raise NonFiniteLossError(f"{stage} loss is {loss.detach().float().item()} at step {step}; objects in the batch: {', '.join(ids)}")
+        raise NonFiniteLossError(
+            f"{stage} loss is {loss.detach().float().item()} at step {step}; objects in the batch: {', '.join(ids)}"
+        )

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import EMAWeightAveraging
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import LatentAutoencoder, autoencoder_from_config
@@ -102,7 +102,11 @@ class LatentDiffusion(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.step(batch, "val")
-        if batch_idx == 0 and self._val_count % self.hparams.preview_every_n_val == 0 and self.trainer.is_global_zero:
+        if (
+            batch_idx == 0
+            and self._val_count % self.hparams.preview_every_n_val == 0
+            and self.trainer.is_global_zero
+        ):
             self.save_previews(batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -114,7 +118,12 @@ class LatentDiffusion(L.LightningModule):
         cond = self.condition({k: v[:count] for k, v in batch.items()})
         latents = self.generate(count, cond, generator=torch.Generator(self.device).manual_seed(0))
         previews = decode_previews(self.autoencoder, latents, self.hparams.mesh_resolution)
-        self.log("val/surface_found", sum(m is not None for m in previews.meshes) / count, batch_size=count, rank_zero_only=True)
+        self.log(
+            "val/surface_found",
+            sum(m is not None for m in previews.meshes) / count,
+            batch_size=count,
+            rank_zero_only=True,
+        )
         if self.trainer.log_dir:
             previews.save_png(Path(self.trainer.log_dir) / "previews" / f"step{self.global_step:07d}.png")
 
@@ -134,7 +143,9 @@ class LatentDiffusion(L.LightningModule):
         model = self.backbone
         if cond is not None and guidance != 1.0:
             model = cfg_model(self.backbone, guidance, null_cond=self.conditioner.null_cond(num))
-        kwargs = {"objective": self.objective} if "objective" in inspect.signature(self.sampler).parameters else {}
+        kwargs = (
+            {"objective": self.objective} if "objective" in inspect.signature(self.sampler).parameters else {}
+        )
         latents = self.sampler(model, noise, steps, cond=cond, **kwargs)
         return self.autoencoder.denormalize_latent(latents)
 
@@ -146,9 +157,16 @@ class LatentDiffusion(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        params = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("autoencoder.")]
+        params = [
+            p
+            for name, p in self.named_parameters()
+            if p.requires_grad and not name.startswith("autoencoder.")
+        ]
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.99))
-        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_scheduler(optimizer, hp.warmup_steps, self.trainer)}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine_scheduler(optimizer, hp.warmup_steps, self.trainer),
+        }
 
     def frozen_encoder_prefixes(self) -> list[str]:
         if self.conditioner is not None and self.conditioner.is_frozen:
@@ -177,7 +195,9 @@ def check_backbone(backbone: nn.Module, latent_shape: tuple[int, ...]) -> None:
     try:
         out = backbone(x, torch.zeros(1), None)
     except (RuntimeError, ValueError) as error:
-        raise ValueError(f"{type(backbone).__name__} does not take the autoencoder's latents of shape {latent_shape}: {error}") from error
+        raise ValueError(
+            f"{type(backbone).__name__} does not take the autoencoder's latents of shape {latent_shape}: {error}"
+        ) from error
     if out.shape != x.shape:
         raise ValueError(f"{type(backbone).__name__} maps latents {tuple(x.shape)} to {tuple(out.shape)}")
 
@@ -186,7 +206,9 @@ def check_sampler(sampler: Callable, objective: RectifiedFlow | DDPM) -> None:
     wants_objective = "objective" in inspect.signature(sampler).parameters
     if wants_objective != isinstance(objective, DDPM):
         kind = "a DDPM" if wants_objective else "a flow"
-        raise ValueError(f"sampler {sampler.__name__} is {kind} sampler; it does not fit {type(objective).__name__}")
+        raise ValueError(
+            f"sampler {sampler.__name__} is {kind} sampler; it does not fit {type(objective).__name__}"
+        )
 
 
 def load_frozen_autoencoder(ckpt: str, config: dict | None) -> tuple[LatentAutoencoder, dict]:

@@ -37,7 +37,10 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     return [
         m.weight
         for m in model.modules()
-        if isinstance(m, nn.Linear) and m.out_features > 1 and m.weight.requires_grad and id(m.weight) not in in_embeddings
+        if isinstance(m, nn.Linear)
+        and m.out_features > 1
+        and m.weight.requires_grad
+        and id(m.weight) not in in_embeddings
     ]
 
 
@@ -73,8 +76,12 @@ class MuonAdamW(torch.optim.Optimizer):
     every parameter; its state dict holds both inner ones.
     """
 
-    def __init__(self, muon_params: list[nn.Parameter], adamw_groups: list[dict], lr: float, weight_decay: float) -> None:
-        self.muon = torch.optim.Muon(muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+    def __init__(
+        self, muon_params: list[nn.Parameter], adamw_groups: list[dict], lr: float, weight_decay: float
+    ) -> None:
+        self.muon = torch.optim.Muon(
+            muon_params, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"
+        )
         adamw_groups = [g for g in adamw_groups if g["params"]]
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=BETAS) if adamw_groups else None
         self.inner = [self.muon] + ([self.adamw] if self.adamw else [])
@@ -100,13 +107,17 @@ class MuonAdamW(torch.optim.Optimizer):
             self.adamw.load_state_dict(state_dict["adamw"])
 
 
-def build_optimizer(model: nn.Module, name: OptimizerName, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: OptimizerName, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """AdamW, or Muon + AdamW, over `model`'s trainable parameters; no weight decay on vectors."""
     if name not in ("adamw", "muon"):
         raise ValueError(f"unknown optimizer {name!r}; expected 'adamw' or 'muon'")
     hidden = hidden_matrices(model) if name == "muon" else []
     if name == "muon" and not hidden:
-        raise ValueError(f"{type(model).__name__} has no hidden nn.Linear weight matrices for Muon; use 'adamw'")
+        raise ValueError(
+            f"{type(model).__name__} has no hidden nn.Linear weight matrices for Muon; use 'adamw'"
+        )
     in_hidden = {id(p) for p in hidden}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_hidden]
     groups = [
