@@ -11,14 +11,13 @@ gives `native3d fit` (configs/autoencoder/<model>_cpu.yaml + configs/trainer/cpu
 timing run measures seconds per step; the main run gets max_steps = budget / (s/step), so the
 cosine schedule ends with the budget, and `max_time` = the budget as a hard stop. From step
 REPLAN_AT on, every REPLAN_EVERY steps, the main run plans again from its own recent pace and the
-time left (the timing run's estimate is good to about 10%), and the schedule, which reads max_steps
-at every step, follows. `--jobs N`
-trains N models at a time, each with cores / N torch threads (on 2 cores, `--jobs 2` gives each
-model one core and halves the wall time of the run). `--processes vecset=2` trains a model as two
-DDP ranks on this machine (gloo on loopback, as a multi-GPU run is laid out: each rank reads its own
-shards with a batch of 8, so a step sees 16 shapes), sharing the model's cores between them. VecSet
-trains so by default (DDP_RANKS) when its share of the cores allows two ranks; the others as one
-process.
+time left (the timing run's estimate is good to about 10%): a callback of this script sets the
+trainer's max_steps and aims the learning-rate schedule at the new last step. `--jobs N` trains
+N models at a time, each with cores / N torch threads (on 2 cores, `--jobs 2` gives each model one
+core and halves the wall time of the run). `--processes vecset=2` trains a model as two DDP ranks
+on this machine (gloo on loopback, as a multi-GPU run is laid out: each rank reads its own shards
+with a batch of 8, so a step sees 16 shapes), sharing the model's cores between them. VecSet trains
+so by default (DDP_RANKS) when its share of the cores allows two ranks; the others as one process.
 
 Evaluation on the held-out shapes (posterior mode, as validation does):
   - volume IoU: sign agreement on the shard's uniform queries (the first half of `query.npy`),
@@ -66,6 +65,7 @@ from pathlib import Path
 import torch
 
 from native3d.data.shards import load_index
+from native3d.training.optim import warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -234,6 +234,7 @@ class BatchTimer:
                 # 1% to spare, so that the schedule ends before the time limit rather than being cut by it
                 steps = min(limit, step + int(0.99 * remaining / pace))
                 trainer.fit_loop.epoch_loop.max_steps = steps  # Lightning reads it at every step
+                aim_schedule(trainer, steps)
                 timer.replans.append((step, steps, pace))
 
         return Replan()
@@ -326,6 +327,21 @@ def fit(
         cli.trainer.callbacks.append(timer.replan_callback(world, limit=epoch))
     cli.trainer.fit(cli.model, cli.datamodule)
     return cli.model, cli.datamodule, timer
+
+
+def aim_schedule(trainer, steps: int) -> None:
+    """Re-aims the run's warm-up + cosine schedule (`native3d.training.optim.warmup_cosine`) at `steps`.
+
+    The library's schedule reads the run length once, when the optimizers are configured; a re-plan
+    replaces its factor so that the decay still ends with the run's last step.
+    """
+    warmup = trainer.lightning_module.hparams.warmup_steps
+
+    def factor(step: int) -> float:
+        return warmup_cosine(step, warmup, steps)
+
+    for config in trainer.lr_scheduler_configs:
+        config.scheduler.lr_lambdas = [factor] * len(config.scheduler.lr_lambdas)
 
 
 def all_reduce(value: float, op) -> float:

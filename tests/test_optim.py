@@ -72,28 +72,28 @@ def test_a_scheduler_sets_the_learning_rate_of_both_halves():
         )
 
 
-def test_the_schedule_follows_a_max_steps_changed_during_the_run():
-    """A budgeted run that re-plans its length mid-run still ends its decay at its new last step."""
+def test_the_schedule_decays_over_the_trainers_max_steps_and_is_constant_without_one():
     parameter = nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([parameter], lr=1.0)
     trainer = SimpleNamespace(max_steps=20)
     schedule = warmup_cosine_scheduler(optimizer, warmup=4, trainer=trainer)["scheduler"]
-    for _ in range(10):
-        optimizer.step()
-        schedule.step()
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(warmup_cosine(10, 4, 20))
-    trainer.max_steps = 40  # re-planned at step 10: twice as long
-    rates = []
+    trainer.max_steps = 40  # the length is read when the schedule is built, not at every step
+    rates = [optimizer.param_groups[0]["lr"]]
     for _ in range(30):
         optimizer.step()
         schedule.step()
         rates.append(optimizer.param_groups[0]["lr"])
-    assert rates[0] == pytest.approx(warmup_cosine(11, 4, 40)) and rates[0] > warmup_cosine(11, 4, 20)
-    assert rates[-1] == pytest.approx(0.1), "the decay ends at step 40, not at the first plan's 20"
-    assert all(a >= b for a, b in zip(rates, rates[1:]))
-    trainer.max_steps = -1  # no step limit: constant after the warm-up
-    schedule.step()
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)
+    assert rates == pytest.approx([warmup_cosine(step, 4, 20) for step in range(31)])
+    assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]), "linear warm-up"
+    assert rates[20] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.1), "the decay ends at step 20"
+    assert all(a >= b for a, b in zip(rates[3:], rates[4:]))
+    for unlimited in (SimpleNamespace(max_steps=-1), None):  # no step limit: constant after the warm-up
+        optimizer = torch.optim.SGD([parameter], lr=1.0)
+        schedule = warmup_cosine_scheduler(optimizer, warmup=4, trainer=unlimited)["scheduler"]
+        for _ in range(30):
+            optimizer.step()
+            schedule.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon"])

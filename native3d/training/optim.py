@@ -7,7 +7,7 @@
   meant to be used. Its updates are scaled to AdamW's RMS ("match_rms_adamw", Liu et al. 2025,
   "Muon is Scalable for LLM Training"), so one learning rate and schedule serve both halves.
 - `warmup_cosine`: linear warm-up, then cosine decay to 10%; `warmup_cosine_scheduler` steps it
-  over a Lightning trainer's `max_steps`.
+  over a Lightning trainer's `max_steps`, read once, when the optimizers are configured.
 """
 
 from __future__ import annotations
@@ -140,16 +140,14 @@ def warmup_cosine(step: int, warmup: int, total: int | None) -> float:
 
 
 def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, warmup: int, trainer: L.Trainer | None) -> dict:
-    """Lightning's `lr_scheduler` entry: `warmup_cosine` per optimizer step, over `trainer.max_steps`.
+    """Lightning's `lr_scheduler` entry: `warmup_cosine` per optimizer step over `trainer.max_steps`.
 
-    The length is read at every step, not once: a run whose `max_steps` changes while it trains
-    (a time-budgeted run that re-plans its steps from its own pace) still ends its decay with its
-    last step. Without a step limit (`max_steps` -1, e.g. a `max_time` run) the rate stays constant
-    after the warm-up.
+    Without a step limit (`max_steps` -1, e.g. a `max_time` run) the rate stays constant after the
+    warm-up.
     """
+    total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
 
     def factor(step: int) -> float:
-        total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
         return warmup_cosine(step, warmup, total)
 
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
