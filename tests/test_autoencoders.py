@@ -51,12 +51,12 @@ def triplane_with_points() -> TriplaneVAE:
     )
 
 
-def vecset_encoder_blocks() -> VecSetVAE:
-    """The VecSet VAE with self-attention in its encoder and a latent wider than its tokens."""
-    return VecSetVAE(num_latents=16, latent_channels=48, width=32, heads=2, depth=1, encoder_depth=1)
+def vecset_wide_latent() -> VecSetVAE:
+    """The VecSet VAE with a latent wider than its tokens, as `vecset_cpu.yaml` has it."""
+    return VecSetVAE(num_latents=16, latent_channels=96, width=64, heads=2, depth=1)
 
 
-PRESETS = [vecset_tiny, grid_tiny, triplane_tiny, grid_patched, triplane_with_points, vecset_encoder_blocks]
+PRESETS = [vecset_tiny, grid_tiny, triplane_tiny, grid_patched, triplane_with_points, vecset_wide_latent]
 B, N, R, Q = 2, 512, 32, 256
 RADIUS, TRUNCATION = 0.5, 0.1
 
@@ -451,7 +451,7 @@ def test_eikonal_is_zero_for_a_true_sdf():
     "build",
     [
         lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, use_normals=False),
-        lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=1, depth=1, head_mlp_ratio=1),
+        lambda: VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=1, depth=1),
         lambda: TriplaneVAE(
             resolution=32, channels=(8, 16), latent_channels=4, feature_channels=8, aggregate="concat"
         ),
@@ -477,7 +477,7 @@ def test_eikonal_is_zero_for_a_true_sdf():
     ],
     ids=[
         "vecset-no-normals",
-        "vecset-one-head-small-head-mlp",
+        "vecset-one-head",
         "triplane-concat",
         "triplane-unpatched",
         "triplane-one-level",

@@ -73,15 +73,14 @@ def sdf_output_layer(in_dim: int, initial_std: float = 0.02) -> nn.Linear:
 class ImplicitMLPHead(nn.Module):
     """(features at the point, the point) -> sdf, with a residual pre-norm MLP.
 
-    Fourier features of the point let the head add detail finer than the feature grid spacing.
+    Fourier features of the point (6 octaves) let the head add detail finer than the feature grid
+    spacing.
     """
 
-    def __init__(
-        self, feature_dim: int, hidden_dim: int = 128, num_layers: int = 2, num_frequencies: int = 6
-    ) -> None:
+    def __init__(self, feature_dim: int, hidden_dim: int = 128, num_layers: int = 2) -> None:
         super().__init__()
         self.feature_proj = nn.Linear(feature_dim, hidden_dim)
-        self.point_embed = FourierPointEmbedding(hidden_dim, num_frequencies)
+        self.point_embed = FourierPointEmbedding(hidden_dim, num_frequencies=6)
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(num_layers))
         self.mlps = nn.ModuleList(Mlp(hidden_dim, 2 * hidden_dim) for _ in range(num_layers))
         self.norm = nn.LayerNorm(hidden_dim)
@@ -99,18 +98,13 @@ class ImplicitMLPHead(nn.Module):
 class QueryCrossAttentionHead(nn.Module):
     """Fourier-embedded query points cross-attend to latent tokens, then a linear layer -> sdf.
 
-    The block runs once per query point, so its feed-forward sub-layer (`mlp_ratio` x width
-    hidden units) is a large share of a step; `mlp_ratio=0` leaves it out. `qk_norm` as in `Attention`.
+    The block, with its feed-forward sub-layer, runs once per query point. `qk_norm` as in `Attention`.
     """
 
-    def __init__(
-        self, width: int, heads: int, num_frequencies: int = 8, mlp_ratio: float = 4.0, qk_norm: bool = False
-    ) -> None:
+    def __init__(self, width: int, heads: int, num_frequencies: int = 8, qk_norm: bool = False) -> None:
         super().__init__()
         self.point_embed = FourierPointEmbedding(width, num_frequencies)
-        self.cross = TransformerBlock(
-            width, heads, context_dim=width, self_attention=False, mlp_ratio=mlp_ratio, qk_norm=qk_norm
-        )
+        self.cross = TransformerBlock(width, heads, context_dim=width, self_attention=False, qk_norm=qk_norm)
         self.norm = nn.LayerNorm(width)
         self.out = sdf_output_layer(width)
 

@@ -113,7 +113,6 @@ class GridVAE(LatentAutoencoder):
         feature_channels: int = 32,
         head_hidden: int = 128,
         head_layers: int = 2,
-        num_frequencies: int = 6,
         patch_size: int = 1,
     ) -> None:
         super().__init__(latent_channels)
@@ -131,7 +130,7 @@ class GridVAE(LatentAutoencoder):
         self.up = decoder_stack(channels, blocks_per_level, dims=3)
         self.norm_features = group_norm(channels[0])
         self.to_features = conv(3, channels[0], feature_channels, 3)
-        self.head = ImplicitMLPHead(feature_channels, head_hidden, head_layers, num_frequencies)
+        self.head = ImplicitMLPHead(feature_channels, head_hidden, head_layers)
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from native3d.autoencoders.bottleneck import DiagonalGaussian, LatentAutoencoder
 from native3d.autoencoders.decoders import PLANE_AXES, ImplicitMLPHead, aggregate_planes, sample_planes
 from native3d.autoencoders.grid import Downsample, Upsample, decoder_stack, encoder_stack, group_norm, stem
+from native3d.data.schema import TRIPLANE_CHANNELS
 from native3d.nn.attention import Mlp
 from native3d.nn.embeddings import FourierPointEmbedding
 
@@ -89,10 +90,10 @@ class PointPooling(nn.Module):
     cells that no point reaches get zeros.
     """
 
-    def __init__(self, channels: int, resolution: int, num_frequencies: int = 6) -> None:
+    def __init__(self, channels: int, resolution: int) -> None:
         super().__init__()
         self.resolution = resolution
-        self.embed = FourierPointEmbedding(channels, num_frequencies, feature_dim=3)
+        self.embed = FourierPointEmbedding(channels, num_frequencies=6, feature_dim=3)
         self.mlp = Mlp(channels, 2 * channels)
 
     def forward(self, surface: Float[Tensor, "B N 6"]) -> Float[Tensor, "B 3 C R R"]:
@@ -113,7 +114,11 @@ class PointPooling(nn.Module):
 
 
 class TriplaneVAE(LatentAutoencoder):
-    """Triplane (B, 3, Cin, R, R) -> latent (B, 3, C, r, r), r = R / (p 2^(levels-1)) -> sdf (B, Q)."""
+    """Triplane (B, 3, 2, R, R) -> latent (B, 3, C, r, r), r = R / (p 2^(levels-1)) -> sdf (B, Q).
+
+    The two input channels per plane are the schema's `TRIPLANE_CHANNELS`; `point_channels` > 0
+    adds as many of pooled surface-point features.
+    """
 
     latent_channel_dim = 1
 
@@ -121,7 +126,6 @@ class TriplaneVAE(LatentAutoencoder):
         self,
         *,
         resolution: int = 64,
-        in_channels: int = 2,
         channels: tuple[int, ...] = (64, 128, 256),
         latent_channels: int = 8,
         blocks_per_level: int = 1,
@@ -129,7 +133,6 @@ class TriplaneVAE(LatentAutoencoder):
         aggregate: Literal["sum", "concat"] = "sum",
         head_hidden: int = 128,
         head_layers: int = 2,
-        num_frequencies: int = 6,
         point_channels: int = 0,
         patch_size: int = 1,
         unpatch_features: bool = False,
@@ -146,12 +149,9 @@ class TriplaneVAE(LatentAutoencoder):
         self.latent_resolution = resolution // factor
         self.latent_channels = latent_channels
         self.aggregate = aggregate
-        self.point_pooling = (
-            PointPooling(point_channels, resolution, num_frequencies) if point_channels else None
-        )
-        self.conv_in = stem(
-            2, in_channels + point_channels, channels[0], patch_size
-        )  # feature planes: R / p a side
+        self.point_pooling = PointPooling(point_channels, resolution) if point_channels else None
+        in_channels = len(TRIPLANE_CHANNELS) + point_channels
+        self.conv_in = stem(2, in_channels, channels[0], patch_size)  # feature planes: R / p a side
         self.down = interleave_mixing(encoder_stack(channels, blocks_per_level, dims=2))
         self.mix_latent = PlaneMixing(channels[-1])
         self.norm_out = group_norm(channels[-1])
@@ -166,7 +166,7 @@ class TriplaneVAE(LatentAutoencoder):
         else:
             self.to_features = nn.Conv2d(channels[0], feature_channels, 3, padding=1)
         head_in = feature_channels * (PLANES if aggregate == "concat" else 1)
-        self.head = ImplicitMLPHead(head_in, head_hidden, head_layers, num_frequencies)
+        self.head = ImplicitMLPHead(head_in, head_hidden, head_layers)
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:

@@ -51,12 +51,8 @@ def farthest_point_sample(
 class VecSetVAE(LatentAutoencoder):
     """Surface (B, N, 6) -> latent (B, M, C) -> sdf (B, Q) at query points (B, Q, 3).
 
-    `head_mlp_ratio` sizes the query head's feed-forward layer, which runs once per query point
-    (a quarter of a training step of `vecset_cpu.yaml`); 0 leaves it out, as 3DShape2VecSet's
-    decoder does. `qk_norm` LayerNorms queries and keys in every attention layer: the encoder's,
-    the self-attention blocks' and the query head's. `encoder_depth` self-attention blocks let the
-    tokens exchange what they read before the bottleneck (Michelangelo's encoder; 3DShape2VecSet's
-    has none), at the cost of M tokens, not N points or Q queries.
+    `qk_norm` LayerNorms queries and keys in every attention layer: the encoder's, the
+    self-attention blocks' and the query head's.
     """
 
     latent_channel_dim = -1
@@ -71,29 +67,20 @@ class VecSetVAE(LatentAutoencoder):
         depth: int = 8,
         num_frequencies: int = 8,
         use_normals: bool = True,
-        fps_random_start: bool = True,
         qk_norm: bool = False,
-        head_mlp_ratio: float = 4.0,
-        encoder_depth: int = 0,
     ) -> None:
         super().__init__(latent_channels)
         self.num_latents = num_latents
         self.latent_channels = latent_channels
         self.use_normals = use_normals
-        self.fps_random_start = fps_random_start
         self.point_embed = FourierPointEmbedding(width, num_frequencies, feature_dim=3 if use_normals else 0)
         self.encoder = TransformerBlock(
             width, heads, context_dim=width, self_attention=False, qk_norm=qk_norm
         )
-        self.encoder_blocks = nn.ModuleList(
-            TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(encoder_depth)
-        )
         self.to_moments = nn.Linear(width, 2 * latent_channels)
         self.from_latent = nn.Linear(latent_channels, width)
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(depth))
-        self.head = QueryCrossAttentionHead(
-            width, heads, num_frequencies, mlp_ratio=head_mlp_ratio, qk_norm=qk_norm
-        )
+        self.head = QueryCrossAttentionHead(width, heads, num_frequencies, qk_norm=qk_norm)
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -106,13 +93,9 @@ class VecSetVAE(LatentAutoencoder):
         pts, normals = surface[..., :3], surface[..., 3:6]
         embedded = self.point_embed(pts, normals if self.use_normals else None)  # (B, N, C)
         # A random start in training augments which points seed the tokens; eval is deterministic.
-        index = farthest_point_sample(
-            pts, self.num_latents, random_start=self.training and self.fps_random_start
-        )
+        index = farthest_point_sample(pts, self.num_latents, random_start=self.training)
         queries = torch.gather(embedded, 1, index[..., None].expand(-1, -1, embedded.shape[-1]))  # (B, M, C)
         tokens = self.encoder(queries, context=embedded)  # (B, M, C)
-        for block in self.encoder_blocks:
-            tokens = block(tokens)
         return DiagonalGaussian.from_moments(self.to_moments(tokens), dim=-1)  # (B, M, latent)
 
     def decoder_features(self, latent: Float[Tensor, "B M Cl"]) -> Float[Tensor, "B M C"]:

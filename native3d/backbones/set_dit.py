@@ -20,7 +20,7 @@ from native3d.nn.modulation import AdaLNFinalLayer, AdaLNModulation, Cond, Condi
 class DiTBlock(nn.Module):
     """x + g1 SelfAttn(adaLN(x)) [+ CrossAttn(LN x, context)] + g2 Mlp(adaLN(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, cross_attention: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, cross_attention: bool = False) -> None:
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads, qk_norm=True)
@@ -32,7 +32,7 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.cross_attn.proj.weight)
             nn.init.zeros_(self.cross_attn.proj.bias)
         self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, 4 * dim)
         self.modulation = AdaLNModulation(dim, dim, chunks=6)
 
     def forward(
@@ -58,7 +58,6 @@ class SetDiT(nn.Module):
         dim: int = 384,
         depth: int = 12,
         heads: int = 6,
-        mlp_ratio: float = 4.0,
         context_dim: int | None = None,
         pooled_dim: int | None = None,
     ) -> None:
@@ -67,7 +66,7 @@ class SetDiT(nn.Module):
         self.x_embed = nn.Linear(in_channels, dim)
         self.cond_embed = ConditionEmbedding(dim, context_dim=context_dim, pooled_dim=pooled_dim)
         self.blocks = nn.ModuleList(
-            DiTBlock(dim, heads, mlp_ratio, cross_attention=context_dim is not None) for _ in range(depth)
+            DiTBlock(dim, heads, cross_attention=context_dim is not None) for _ in range(depth)
         )
         self.final = AdaLNFinalLayer(dim, dim, in_channels)
 

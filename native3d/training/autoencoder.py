@@ -1,11 +1,11 @@
 """The LightningModule that trains any `LatentAutoencoder` on shard batches.
 
 Loss on the shard's SDF queries (clamped L1 or occupancy BCE, KL, optional soft-IoU and eikonal
-terms). At validation: loss and volume IoU on the uniform queries (sign agreement); every
-`mesh_every_n_val` validations also Chamfer-L1 and F-score@0.02 of marching-cubes meshes of a
-few validation shapes against their surface points, with a PNG of them. Before every checkpoint the
-latent statistics (per-channel mean and std over training batches) are refreshed, so a checkpoint
-always carries the numbers its diffusion models normalize with. `optimizer` picks AdamW or
+terms). At validation: loss and volume IoU on the uniform queries (sign agreement), and Chamfer-L1
+and F-score@0.02 of marching-cubes meshes of the first `MESH_SHAPES` validation shapes against
+their surface points, with a PNG of them. Before every checkpoint the latent statistics
+(per-channel mean and std over training batches) are refreshed, so a checkpoint always carries the
+numbers its diffusion models normalize with. `optimizer` picks AdamW or
 Muon + AdamW (`native3d.training.optim`). `augment` trains on each batch mapped by random symmetries
 of the cube (`native3d.geometry.symmetry`: exact for every field, so the labels stay right).
 """
@@ -29,6 +29,7 @@ from native3d.training.optim import OptimizerName, build_optimizer, warmup_cosin
 from native3d.training.previews import decode_previews
 
 log = logging.getLogger(__name__)
+MESH_SHAPES = 4  # validation shapes meshed at every validation
 
 
 class AutoencoderModule(L.LightningModule):
@@ -44,8 +45,6 @@ class AutoencoderModule(L.LightningModule):
         clamp: float = 0.1,
         eikonal_weight: float = 0.0,
         iou_weight: float = 0.0,
-        mesh_every_n_val: int = 1,
-        mesh_shapes: int = 4,
         mesh_resolution: int = 64,
         stats_batches: int = 16,
         augment: Symmetries = "none",
@@ -55,7 +54,6 @@ class AutoencoderModule(L.LightningModule):
         # so `load_from_checkpoint` rebuilds it from the checkpoint alone.
         self.save_hyperparameters()
         self.autoencoder = autoencoder
-        self._val_count = 0
         self._stats_step = -1
 
     def step(self, batch: dict, stage: str) -> dict[str, Tensor]:
@@ -95,18 +93,14 @@ class AutoencoderModule(L.LightningModule):
         uniform = batch["query"].shape[1] // 2  # the first half of the queries is uniform in the cube
         iou = volume_iou(pred[:, :uniform], batch["query"][:, :uniform, 3], kind="sdf")
         self.log("val/iou", iou.value.mean(), prog_bar=True, batch_size=len(pred), sync_dist=True)
-        if batch_idx == 0 and self._val_count % self.hparams.mesh_every_n_val == 0:
+        if batch_idx == 0:
             self.log_mesh_metrics(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._val_count += 1
 
     @torch.no_grad()
     def log_mesh_metrics(self, batch: dict) -> None:
-        hp = self.hparams
-        count = min(hp.mesh_shapes, len(batch["id"]))
+        count = min(MESH_SHAPES, len(batch["id"]))
         latent = self.autoencoder.encode(self.autoencoder.inputs_from_batch(batch)).mode()[:count]
-        previews = decode_previews(self.autoencoder, latent, hp.mesh_resolution)
+        previews = decode_previews(self.autoencoder, latent, self.hparams.mesh_resolution)
         scores = mesh_scores(previews.points, batch["surface"][:count, :, :3].float())
         for name, value in scores.items():
             self.log(f"val/{name}", value, batch_size=count)
