@@ -7,6 +7,7 @@ import torch
 
 from native3d.nn.attention import Attention, TransformerBlock
 from native3d.nn.embeddings import FourierPointEmbedding, TimestepEmbedding, timestep_sinusoid
+from native3d.nn.resblock import ResBlock, group_norm
 
 
 def naive_attention(attn: Attention, x, context=None, mask=None):
@@ -128,3 +129,27 @@ def test_timestep_embedding_shapes_and_values():
     torch.testing.assert_close(ddpm(t * 1000), out)
     with pytest.raises(ValueError):
         embed(torch.rand(3, 1))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_res_block_shapes_zero_init_and_conditioning(dims):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, *[4] * dims)
+    plain = ResBlock(8, 16, dims)
+    assert plain(x).shape == (2, 16, *[4] * dims) and plain.modulation is None
+    assert not torch.allclose(plain(x), plain.skip(x)), "a plain block's residual branch is live"
+    block = ResBlock(8, 8, dims, cond_dim=5, groups=4, zero_init=True)
+    c = torch.randn(2, 5)
+    torch.testing.assert_close(block(x, c), x)  # zero-init residual branch: the block starts as its skip
+    torch.nn.init.normal_(block.conv2.weight, std=0.1)
+    out = block(x, c)
+    changed = block(x, torch.stack([c[0], c[0] + 1]))
+    torch.testing.assert_close(changed[0], out[0])  # each sample reads its own c
+    assert not torch.allclose(changed[1], out[1])
+    with pytest.raises(ValueError, match="conditioned"):
+        block(x)
+
+
+def test_group_norm_takes_a_valid_group_count_for_any_width():
+    assert [group_norm(c).num_groups for c in (8, 32, 48, 256)] == [8, 32, 16, 32]
+    assert group_norm(96, groups=8).num_groups == 8

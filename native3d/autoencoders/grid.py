@@ -5,13 +5,11 @@ et al. 2022, appendix G; GroupNorm + SiLU residual blocks, strided-conv downsamp
 nearest + conv upsampling) in 3-D, as in SDFusion (Cheng et al. 2023). Instead of decoding a
 dense grid, the decoder's feature volume is read at arbitrary points by trilinear interpolation
 and a small MLP (Convolutional Occupancy Networks, Peng et al. 2020), so it is trained on the
-shard's query points like the other autoencoders. The residual blocks are dimension-generic and
-are reused by the triplane VAE.
+shard's query points like the other autoencoders. The residual block is `native3d.nn.resblock`'s,
+shared with the U-Net backbones; the stacks here are dimension-generic and reused by the triplane VAE.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -19,15 +17,7 @@ from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import DiagonalGaussian, LatentAutoencoder
 from native3d.autoencoders.decoders import ImplicitMLPHead, sample_volume
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
-
-
-def conv(dims: int, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Module:
-    cls = nn.Conv3d if dims == 3 else nn.Conv2d
-    return cls(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+from native3d.nn.resblock import CONV, ResBlock, conv, group_norm
 
 
 def stem(dims: int, in_channels: int, out_channels: int, patch_size: int) -> nn.Module:
@@ -35,25 +25,7 @@ def stem(dims: int, in_channels: int, out_channels: int, patch_size: int) -> nn.
     over non-overlapping patches (ViT's patch embedding), so that no layer runs at full resolution."""
     if patch_size == 1:
         return conv(dims, in_channels, out_channels, 3)
-    cls = nn.Conv3d if dims == 3 else nn.Conv2d
-    return cls(in_channels, out_channels, patch_size, stride=patch_size)
-
-
-class ResBlock(nn.Module):
-    """x + conv(SiLU(GN(conv(SiLU(GN(x)))))), with a 1x1 skip when the width changes; 2-D or 3-D."""
-
-    def __init__(self, in_channels: int, out_channels: int, dims: int) -> None:
-        super().__init__()
-        self.norm1 = group_norm(in_channels)
-        self.conv1 = conv(dims, in_channels, out_channels, 3)
-        self.norm2 = group_norm(out_channels)
-        self.conv2 = conv(dims, out_channels, out_channels, 3)
-        self.skip = conv(dims, in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x: Float[Tensor, "B C *spatial"]) -> Float[Tensor, "B Co *spatial"]:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return self.skip(x) + h
+    return CONV[dims](in_channels, out_channels, patch_size, stride=patch_size)
 
 
 class Downsample(nn.Module):

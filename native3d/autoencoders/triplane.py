@@ -33,10 +33,11 @@ from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import DiagonalGaussian, LatentAutoencoder
 from native3d.autoencoders.decoders import PLANE_AXES, ImplicitMLPHead, aggregate_planes, sample_planes
-from native3d.autoencoders.grid import Downsample, Upsample, decoder_stack, encoder_stack, group_norm, stem
+from native3d.autoencoders.grid import Downsample, Upsample, decoder_stack, encoder_stack, stem
 from native3d.data.schema import TRIPLANE_CHANNELS
 from native3d.nn.attention import Mlp
 from native3d.nn.embeddings import FourierPointEmbedding
+from native3d.nn.resblock import group_norm
 
 PLANES = 3
 

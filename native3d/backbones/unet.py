@@ -1,10 +1,11 @@
 """A convolutional U-Net for any number of spatial axes (2-D planes, 3-D grids): the shared core.
 
 This is the ADM U-Net (Dhariwal & Nichol 2021, sec. 3) trimmed to what latent diffusion needs:
-residual blocks whose second GroupNorm is modulated by the (time + pooled condition) vector
-(`scale_shift_norm`), transformer blocks with self- and cross-attention at chosen resolutions
-(latent diffusion, Rombach et al. 2022, sec. 3.3), skip connections between levels, and a
-zero-initialized output convolution (so the network outputs exactly 0 at init).
+residual blocks (`native3d.nn.resblock`, shared with the conv autoencoders) whose second GroupNorm
+is modulated by the (time + pooled condition) vector (`scale_shift_norm`), transformer blocks with
+self- and cross-attention at chosen resolutions (latent diffusion, Rombach et al. 2022, sec. 3.3),
+skip connections between levels, and a zero-initialized output convolution (so the network
+outputs exactly 0 at init).
 `UNet3D` and `TriplaneUNet` are thin wrappers that only decide the layout of their input.
 """
 
@@ -19,43 +20,14 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from native3d.nn.attention import Attention, Mlp
-from native3d.nn.modulation import Cond, ConditionEmbedding, modulate
-
-CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+from native3d.nn.modulation import Cond, ConditionEmbedding
+from native3d.nn.resblock import CONV, ResBlock, conv, group_norm
 
 
 def _zero(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
-
-
-def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(groups, channels), channels, eps=1e-6)
-
-
-class ResBlock(nn.Module):
-    """GN-SiLU-Conv, GN modulated by c (shift/scale), SiLU-Conv (zero-init), plus a skip."""
-
-    def __init__(
-        self, dims: int, in_ch: int, out_ch: int, cond_dim: int, groups: int, dropout: float = 0.0
-    ) -> None:
-        super().__init__()
-        conv = CONV[dims]
-        self.norm1 = _group_norm(in_ch, groups)
-        self.conv1 = conv(in_ch, out_ch, 3, padding=1)
-        self.modulation = nn.Linear(cond_dim, 2 * out_ch)
-        self.norm2 = _group_norm(out_ch, groups)
-        self.dropout = nn.Dropout(dropout)
-        # Zero-init makes each residual branch start as the identity (ADM's `zero_module`).
-        self.conv2 = _zero(conv(out_ch, out_ch, 3, padding=1))
-        self.skip = conv(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-
-    def forward(self, x: Float[Tensor, "B Ci *S"], c: Float[Tensor, "B E"]) -> Float[Tensor, "B Co *S"]:
-        h = self.conv1(F.silu(self.norm1(x)))
-        shift, scale = self.modulation(F.silu(c)).chunk(2, dim=-1)
-        h = modulate(self.norm2(h), shift, scale, channel_dim=1)
-        return self.skip(x) + self.conv2(self.dropout(F.silu(h)))
 
 
 class SpatialTransformer(nn.Module):
@@ -107,7 +79,10 @@ class Level(nn.Module):
     ) -> None:
         super().__init__()
         self.res = nn.ModuleList(
-            ResBlock(dims, in_ch if i == 0 else out_ch, out_ch, cond_dim, groups) for i in range(num_blocks)
+            ResBlock(
+                in_ch if i == 0 else out_ch, out_ch, dims, cond_dim=cond_dim, groups=groups, zero_init=True
+            )
+            for i in range(num_blocks)
         )
         self.attn = nn.ModuleList(
             SpatialTransformer(out_ch, heads, context_dim) if attention else nn.Identity()
@@ -145,7 +120,6 @@ class UNet(nn.Module):
         super().__init__()
         if dims not in CONV:
             raise ValueError(f"dims must be 2 or 3, got {dims}")
-        conv = CONV[dims]
         self.dims = dims
         self.num_levels = len(channels)
         cond_dim = 4 * channels[0]
@@ -160,19 +134,24 @@ class UNet(nn.Module):
                 dims, in_ch, channels[i], num_blocks, cond_dim, groups, heads, i in attention_levels, context
             )
 
-        self.stem = conv(in_channels, channels[0], 3, padding=1)
+        def mid_res() -> ResBlock:
+            return ResBlock(
+                channels[-1], channels[-1], dims, cond_dim=cond_dim, groups=groups, zero_init=True
+            )
+
+        self.stem = conv(dims, in_channels, channels[0], 3)
         self.down = nn.ModuleList(level(i, channels[max(i - 1, 0)]) for i in range(self.num_levels))
-        self.downsample = nn.ModuleList(conv(ch, ch, 3, stride=2, padding=1) for ch in channels[:-1])
-        self.mid_res1 = ResBlock(dims, channels[-1], channels[-1], cond_dim, groups)
+        self.downsample = nn.ModuleList(conv(dims, ch, ch, 3, stride=2) for ch in channels[:-1])
+        self.mid_res1 = mid_res()
         self.mid_attn = SpatialTransformer(channels[-1], heads, context)
-        self.mid_res2 = ResBlock(dims, channels[-1], channels[-1], cond_dim, groups)
+        self.mid_res2 = mid_res()
         # Going up, level i reads the level below (channels[i + 1], or the middle) plus its skip.
         self.up = nn.ModuleList(
             level(i, channels[min(i + 1, self.num_levels - 1)] + channels[i]) for i in range(self.num_levels)
         )
-        self.upsample = nn.ModuleList(conv(ch, ch, 3, padding=1) for ch in channels[1:])  # after 2x nearest
-        self.out_norm = _group_norm(channels[0], groups)
-        self.out_conv = _zero(conv(channels[0], in_channels, 3, padding=1))
+        self.upsample = nn.ModuleList(conv(dims, ch, ch, 3) for ch in channels[1:])  # after 2x nearest
+        self.out_norm = group_norm(channels[0], groups)
+        self.out_conv = _zero(conv(dims, channels[0], in_channels, 3))
 
     def forward(
         self, x_t: Float[Tensor, "B C *S"], t: Float[Tensor, " B"], cond: Cond | None = None
