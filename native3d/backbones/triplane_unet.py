@@ -18,7 +18,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from native3d.backbones.unet import UNet
+from native3d.backbones.unet import UNET_BASE, UNET_SMALL, UNET_TINY, UNet
 from native3d.nn.modulation import Cond
 
 PLANES = 3
@@ -81,43 +81,18 @@ def triplane_unet_tiny(
     in_channels: int = 4, context_dim: int | None = None, pooled_dim: int | None = None
 ) -> TriplaneUNet:
     """For tests and CPU smoke runs: two levels, cross-plane attention at the bottom."""
-    return TriplaneUNet(
-        in_channels,
-        channels=(16, 32),
-        num_blocks=1,
-        attention_levels=(1,),
-        heads=2,
-        groups=8,
-        context_dim=context_dim,
-        pooled_dim=pooled_dim,
-    )
+    return TriplaneUNet(in_channels, context_dim=context_dim, pooled_dim=pooled_dim, **UNET_TINY)
 
 
 def triplane_unet_small(
     in_channels: int = 8, context_dim: int | None = None, pooled_dim: int | None = None
 ) -> TriplaneUNet:
     """For 32^2 planes: cross-plane attention at 16^2 and 8^2 per plane."""
-    return TriplaneUNet(
-        in_channels,
-        channels=(64, 128, 256),
-        num_blocks=2,
-        attention_levels=(1, 2),
-        heads=4,
-        context_dim=context_dim,
-        pooled_dim=pooled_dim,
-    )
+    return TriplaneUNet(in_channels, context_dim=context_dim, pooled_dim=pooled_dim, **UNET_SMALL)
 
 
 def triplane_unet_base(
     in_channels: int = 8, context_dim: int | None = None, pooled_dim: int | None = None
 ) -> TriplaneUNet:
     """For 64^2 planes: cross-plane attention at 16^2 and 8^2 per plane."""
-    return TriplaneUNet(
-        in_channels,
-        channels=(128, 256, 384, 512),
-        num_blocks=2,
-        attention_levels=(2, 3),
-        heads=8,
-        context_dim=context_dim,
-        pooled_dim=pooled_dim,
-    )
+    return TriplaneUNet(in_channels, context_dim=context_dim, pooled_dim=pooled_dim, **UNET_BASE)

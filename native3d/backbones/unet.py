@@ -23,6 +23,12 @@ from native3d.nn.attention import Attention, Mlp
 from native3d.nn.modulation import Cond, ConditionEmbedding
 from native3d.nn.resblock import CONV, ResBlock, conv, group_norm
 
+# The preset sizes that `UNet3D` and `TriplaneUNet` share (`unet3d_small`, `triplane_unet_small`, ...);
+# small and base suit a latent grid of side S and latent planes of side 2S alike.
+UNET_TINY = {"channels": (16, 32), "num_blocks": 1, "attention_levels": (1,), "heads": 2, "groups": 8}
+UNET_SMALL = {"channels": (64, 128, 256), "num_blocks": 2, "attention_levels": (1, 2), "heads": 4}
+UNET_BASE = {"channels": (128, 256, 384, 512), "num_blocks": 2, "attention_levels": (2, 3), "heads": 8}
+
 
 def _zero(module: nn.Module) -> nn.Module:
     for p in module.parameters():

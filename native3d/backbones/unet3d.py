@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from jaxtyping import Float
 from torch import Tensor
 
-from native3d.backbones.unet import UNet
+from native3d.backbones.unet import UNET_BASE, UNET_SMALL, UNET_TINY, UNet
 from native3d.nn.modulation import Cond
 
 
@@ -51,43 +51,18 @@ def unet3d_tiny(
     in_channels: int = 4, context_dim: int | None = None, pooled_dim: int | None = None
 ) -> UNet3D:
     """For tests and CPU smoke runs: two levels, attention at the 4^3 bottom of an 8^3 grid."""
-    return UNet3D(
-        in_channels,
-        channels=(16, 32),
-        num_blocks=1,
-        attention_levels=(1,),
-        heads=2,
-        groups=8,
-        context_dim=context_dim,
-        pooled_dim=pooled_dim,
-    )
+    return UNet3D(in_channels, context_dim=context_dim, pooled_dim=pooled_dim, **UNET_TINY)
 
 
 def unet3d_small(
     in_channels: int = 8, context_dim: int | None = None, pooled_dim: int | None = None
 ) -> UNet3D:
     """For 16^3 latents: attention at 8^3 and 4^3."""
-    return UNet3D(
-        in_channels,
-        channels=(64, 128, 256),
-        num_blocks=2,
-        attention_levels=(1, 2),
-        heads=4,
-        context_dim=context_dim,
-        pooled_dim=pooled_dim,
-    )
+    return UNet3D(in_channels, context_dim=context_dim, pooled_dim=pooled_dim, **UNET_SMALL)
 
 
 def unet3d_base(
     in_channels: int = 8, context_dim: int | None = None, pooled_dim: int | None = None
 ) -> UNet3D:
     """For 32^3 latents: attention at 8^3 and 4^3 only (full-resolution 3-D attention is too big)."""
-    return UNet3D(
-        in_channels,
-        channels=(128, 256, 384, 512),
-        num_blocks=2,
-        attention_levels=(2, 3),
-        heads=8,
-        context_dim=context_dim,
-        pooled_dim=pooled_dim,
-    )
+    return UNet3D(in_channels, context_dim=context_dim, pooled_dim=pooled_dim, **UNET_BASE)
