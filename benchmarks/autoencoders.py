@@ -691,7 +691,7 @@ def main() -> None:
         )
     )
     # VecSet trains as DDP ranks of one thread each where it has the cores: 1.2x the samples per
-    # second of one process with their threads (docs/benchmarks.md).
+    # second of one process with their threads (docs/results.md).
     processes = {model: min(DDP_RANKS.get(model, 1), max(1, CORES // args.jobs)) for model in MODELS}
     processes.update(
         (m, int(n))
