@@ -48,7 +48,7 @@ def transform_points(
 
 
 def transform_grid(
-    grid: Float[Tensor, "R R R"], perm: Int[Tensor, 3], signs: Float[Tensor, 3]
+    grid: Float[Tensor, "R R R"], perm: Int[Tensor, "3"], signs: Float[Tensor, "3"]
 ) -> Float[Tensor, "R R R"]:
     """A corner-convention [x, y, z] grid: new axis k is old axis p_k, reversed where s_k < 0."""
     grid = grid.permute(*perm.tolist())
@@ -56,7 +56,7 @@ def transform_grid(
 
 
 def transform_planes(
-    planes: Float[Tensor, "P C R R"], perm: Int[Tensor, 3], signs: Float[Tensor, 3]
+    planes: Float[Tensor, "P C R R"], perm: Int[Tensor, "3"], signs: Float[Tensor, "3"]
 ) -> Float[Tensor, "P C R R"]:
     """Triplanes that reduce their third axis symmetrically (min, mean), as `project_triplane` does.
 

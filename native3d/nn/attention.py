@@ -61,7 +61,7 @@ class Attention(nn.Module):
         self,
         x: Float[Tensor, "B L C"],
         context: Float[Tensor, "B S Cc"] | None = None,
-        mask: Bool[Tensor, ...] | Float[Tensor, ...] | None = None,
+        mask: Bool[Tensor, "..."] | Float[Tensor, "..."] | None = None,
     ) -> Float[Tensor, "B L C"]:
         """`mask` (optional): (B, S) key padding, (B, L, S) or (B, heads, L, S); True = attend."""
         if self.is_cross and context is None:
