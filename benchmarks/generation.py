@@ -238,7 +238,7 @@ def fit_diffusion(config: str, ae_ckpt: Path, latents: Path, out: Path, minutes:
 
 def sample_and_evaluate(ckpt: Path, num: int, folder: Path, reference: Path) -> dict:
     """`native3d evaluate --ckpt` of a checkpoint against the held-out set (its class conditions); returns the summary."""
-    from native3d.evaluation.generation import evaluate_checkpoint
+    from native3d.evaluation.checkpoint import evaluate_checkpoint
     from native3d.evaluation.report import write_report
     from native3d.sampling import SampleSettings
 

@@ -32,6 +32,7 @@ from data_prep.stages import ObjectResult, process_item
 from native3d.data.schema import SCHEMA_VERSION, Sizes
 from native3d.data.shards import VALID_KEY, AtomicShardWriter
 from native3d.errors import InputError
+from native3d.files import write_json
 from native3d.geometry.mesh import DEFAULT_MAX_FACES
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,4 @@ def write_manifest(out: Path, manifest: dict) -> None:
     path = manifest_path(out, manifest["job_index"])
     if path.exists():
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json(path, manifest, sort_keys=True)

@@ -3,8 +3,8 @@
 An autoencoder checkpoint (`AutoencoderModule`) carries the autoencoder's `class_path` in its
 hyperparameters; a latent-diffusion checkpoint (`LatentDiffusion`) carries a backbone and the
 frozen autoencoder's config. A missing, empty, unreadable or wrong-kind file is a `UserError` that
-names the file. The first read maps the file into memory (`mmap`), so telling the kind costs no
-copy of the weights.
+names the file. A file is read once: mapped into memory (`mmap`), its kind told from its
+hyperparameters, and the module built from that same dict.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import lightning as L
 import torch
+from lightning.pytorch.core.saving import _load_state  # load_from_checkpoint's own, minus the file read
 from torch import nn
 
+from native3d.autoencoders.bottleneck import LatentAutoencoder, autoencoder_from_config
 from native3d.errors import InputError, MissingFileError
 
 Kind = Literal["autoencoder", "diffusion"]
@@ -62,25 +65,29 @@ def read_checkpoint_of_kind(path: str | os.PathLike, kind: Kind) -> dict:
     return checkpoint
 
 
-def load_autoencoder(path: str | os.PathLike, device: str = "cpu"):
-    """The autoencoder of an `AutoencoderModule` checkpoint, in eval mode."""
-    from native3d.training.autoencoder import AutoencoderModule
-
-    read_checkpoint_of_kind(path, "autoencoder")
-    return AutoencoderModule.load_from_checkpoint(path, map_location=device).autoencoder.eval()
+def load_autoencoder(path: str | os.PathLike, device: str = "cpu") -> LatentAutoencoder:
+    """The autoencoder of an `AutoencoderModule` checkpoint file, in eval mode."""
+    return autoencoder_of(read_checkpoint_of_kind(path, "autoencoder"), device)
 
 
-def autoencoder_config(path: str | os.PathLike) -> dict:
-    """The `class_path` / `init_args` of an autoencoder checkpoint's autoencoder."""
-    return read_checkpoint_of_kind(path, "autoencoder")["hyper_parameters"]["autoencoder"]
+def autoencoder_of(checkpoint: dict, device: str = "cpu") -> LatentAutoencoder:
+    """The autoencoder of a read autoencoder checkpoint, in eval mode, its latent statistics included."""
+    autoencoder = autoencoder_from_config(autoencoder_config(checkpoint))
+    prefix = "autoencoder."
+    weights = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    autoencoder.load_state_dict(weights)
+    return autoencoder.to(device).eval()
 
 
-def load_diffusion(path: str | os.PathLike, device: str = "cpu"):
-    """A `LatentDiffusion` checkpoint, in eval mode."""
-    from native3d.training.diffusion import LatentDiffusion
+def autoencoder_config(checkpoint: dict) -> dict:
+    """The `class_path` / `init_args` of a read autoencoder checkpoint's autoencoder."""
+    return checkpoint["hyper_parameters"]["autoencoder"]
 
-    read_checkpoint_of_kind(path, "diffusion")
-    return LatentDiffusion.load_from_checkpoint(path, map_location=device).eval()
+
+def build_module(cls: type[L.LightningModule], checkpoint: dict, device: str) -> L.LightningModule:
+    """`cls.load_from_checkpoint` over a checkpoint already read: the module its hyperparameters
+    describe (LightningCLI's `class_path`s included), its `on_load_checkpoint`, its weights."""
+    return _load_state(cls, checkpoint, strict=True).to(device).eval()
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from native3d.data.schema import Sizes
+from native3d.files import atomic_path, write_atomic, write_json
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_SIZES = Sizes(surface_points=2048, grid_resolution=32, query_points=4096, views=4, view_size=64)
@@ -65,19 +66,25 @@ class Stages:
         start = time.perf_counter()
         work()
         self.seconds[name] = time.perf_counter() - start
-        self.path.write_text(json.dumps(self.seconds, indent=2))
+        write_json(self.path, self.seconds)
         return output
 
 
-def cli(argv: list[str]) -> None:
-    from native3d.cli import run
-
-    code = run([str(a) for a in argv])  # a user error propagates to the demo's own command
-    if code:
-        raise SystemExit(f"native3d {argv[0]} failed with exit code {code}")
+Command = Callable[[list[str]], int]  # `native3d.cli.run`: a `native3d` command line -> its exit code
 
 
-def build_shards(folder: Path, source: list[str], workers: int) -> None:
+def checked(command: Command) -> Callable[[list], None]:
+    """`command` over arguments of any type, a nonzero exit code raised; a user error propagates as it is."""
+
+    def run(argv: list) -> None:
+        code = command([str(a) for a in argv])
+        if code:
+            raise SystemExit(f"native3d {argv[0]} failed with exit code {code}")
+
+    return run
+
+
+def build_shards(cli: Callable[[list], None], folder: Path, source: list[str], workers: int) -> None:
     from data_prep.cli import size_arguments
 
     cli(["prep", "build", *source, "--out", folder, "--workers", workers, *size_arguments(DEMO_SIZES)])
@@ -86,7 +93,13 @@ def build_shards(folder: Path, source: list[str], workers: int) -> None:
 
 
 def fit(
-    configs: list[Path], run_dir: Path, data: list[str], steps: int, minutes: float, target: Path
+    cli: Callable[[list], None],
+    configs: list[Path],
+    run_dir: Path,
+    data: list[str],
+    steps: int,
+    minutes: float,
+    target: Path,
 ) -> None:
     """`native3d fit`, then the run's last checkpoint copied to `target`."""
     config_args = [a for c in configs for a in ("--config", c)]
@@ -112,11 +125,13 @@ def fit(
         ]
     )
     last = max(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    shutil.copy(last, target.with_name(target.name + ".tmp"))
-    target.with_name(target.name + ".tmp").rename(target)
+    with atomic_path(target) as tmp:
+        shutil.copy(last, tmp)
 
 
-def run_demo(out: str, workers: int = 2) -> int:
+def run_demo(out: str, command: Command, workers: int = 2) -> int:
+    """Every stage through `command` (the `native3d` commands), skipping those whose output exists."""
+    cli = checked(command)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out)
@@ -125,7 +140,7 @@ def run_demo(out: str, workers: int = 2) -> int:
         stages.run(
             f"data prep: {name}",
             folder / "index.json",
-            lambda f=folder, s=source: build_shards(f, s, workers),
+            lambda f=folder, s=source: build_shards(cli, f, s, workers),
         )
     train_data = [
         "--data",
@@ -148,7 +163,7 @@ def run_demo(out: str, workers: int = 2) -> int:
         stages.run(
             f"autoencoder: {name}",
             ckpt,
-            lambda c=configs, r=run_dir, k=ckpt: fit(c, r, train_data, AE_STEPS, AE_MINUTES, k),
+            lambda c=configs, r=run_dir, k=ckpt: fit(cli, c, r, train_data, AE_STEPS, AE_MINUTES, k),
         )
         latents = out / "latents" / name
         stages.run(
@@ -195,7 +210,7 @@ def run_demo(out: str, workers: int = 2) -> int:
             f"diffusion: {name}",
             ckpt,
             lambda c=configs, n=name, d=data, k=ckpt: fit(
-                c, out / "diffusion" / n, d, DIFFUSION_STEPS, DIFFUSION_MINUTES, k
+                cli, c, out / "diffusion" / n, d, DIFFUSION_STEPS, DIFFUSION_MINUTES, k
             ),
         )
         # Text models: "a <class>" per held-out class; the image model: view 0 of the first held-out object of each class.
@@ -273,7 +288,7 @@ def write_report(out: Path, seconds: dict[str, float]) -> None:
         for kind in ("reconstruction", "generation")
         for p in sorted((out / kind).glob("*/metrics.json"))
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
     lines = [
         "# native3d demo",
         "",
@@ -345,7 +360,7 @@ def write_report(out: Path, seconds: dict[str, float]) -> None:
         "![samples](contact_sheet.png)",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    write_atomic(out / "report.md", "\n".join(lines))
 
 
 def fmt(value: float | None) -> str:

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from native3d.checkpoints import load_autoencoder, read_checkpoint, weights_digest
+from native3d.checkpoints import autoencoder_of, read_checkpoint_of_kind, weights_digest
 from native3d.data.datamodule import collate, sample_to_tensors
 from native3d.data.schema import SCHEMA_VERSION, DamagedShardError
 from native3d.data.shards import (
     AtomicShardWriter,
+    batched,
     iter_samples,
     load_index,
     shard_entry,
@@ -32,15 +30,11 @@ from native3d.data.shards import (
     write_index,
 )
 from native3d.errors import InputError
+from native3d.files import write_json
 
 log = logging.getLogger(__name__)
 
 IDENTITY = ("autoencoder_weights", "data", "latent_shape")  # what a rerun into the same folder must match
-
-
-def batched(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
-    while batch := list(islice(samples, size)):
-        yield batch
 
 
 @torch.no_grad()
@@ -72,13 +66,14 @@ def encode_shard(autoencoder, index, url: str, target: Path, batch_size: int) ->
 
 
 def encode_shard_set(ckpt: str, data: str, out: str, batch_size: int = 16, device: str = "cpu") -> dict:
-    autoencoder = load_autoencoder(ckpt, device)
+    checkpoint = read_checkpoint_of_kind(ckpt, "autoencoder")
+    autoencoder = autoencoder_of(checkpoint, device)
     index = load_index(data)
     out = Path(out)
     manifest = {
         "autoencoder": str(Path(ckpt).resolve()),
         "autoencoder_weights": weights_digest(autoencoder),
-        "autoencoder_step": read_checkpoint(ckpt).get("global_step"),
+        "autoencoder_step": checkpoint.get("global_step"),
         "data": str(index.root.resolve()),
         "latent_shape": list(autoencoder.latent_shape),
     }
@@ -146,6 +141,4 @@ def describe(manifest: dict) -> str:
 def write_manifest(path: Path, manifest: dict) -> None:
     if path.exists():
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    write_json(path, manifest)

@@ -57,6 +57,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="conditioning image, PNG or a mesh file to render (repeatable)",
     )
     parser.add_argument("--num", type=positive, default=4, help="samples per prompt or image")
+    parser.add_argument(
+        "--sampler",
+        help="euler or heun (rectified flow), ddim or dpm++ (DDPM); default: the checkpoint's own",
+    )
     parser.add_argument("--steps", type=positive, default=50, help="sampler steps")
     parser.add_argument(
         "--guidance", type=non_negative, default=3.0, help="classifier-free guidance scale (1 = off)"

@@ -7,11 +7,10 @@ A latent that decodes to no surface is reported and writes no file.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,14 @@ import trimesh
 from PIL import Image
 
 from native3d.autoencoders.meshing import decode_mesh
-from native3d.checkpoints import load_diffusion
+from native3d.diffusion.samplers import resolve_sampler
 from native3d.errors import InputError
+from native3d.files import atomic_path, write_json
 from native3d.geometry.marching_cubes import NoSurfaceError
 from native3d.geometry.render import fixed_cameras, render_views
+from native3d.nn.modulation import broadcast_batch
 from native3d.options import FORMATS
+from native3d.training.diffusion import load_diffusion
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class SampleSettings:
     prompts: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     num: int = 1
+    sampler: str | None = None  # None: the checkpoint's own; `resolved` names it
     steps: int = 50
     guidance: float = 3.0
     resolution: int = 128
@@ -45,6 +48,13 @@ class SampleSettings:
     device: str = "cpu"
 
 
+def resolved(settings: SampleSettings, model) -> SampleSettings:
+    """`settings` with the sampler that will run named, checked against the model's objective."""
+    return replace(
+        settings, sampler=resolve_sampler(settings.sampler or model.sampler, model.objective.schedule)
+    )
+
+
 def settings_from_args(args) -> SampleSettings:
     """`SampleSettings` from parsed `add_sampling_arguments` options plus --ckpt, --resolution, --seed, --batch-size, --device."""
     return SampleSettings(
@@ -52,6 +62,7 @@ def settings_from_args(args) -> SampleSettings:
         prompts=args.prompt,
         images=args.image,
         num=args.num,
+        sampler=args.sampler,
         steps=args.steps,
         guidance=args.guidance,
         resolution=args.resolution,
@@ -90,10 +101,6 @@ def image_condition(model, path: str) -> dict:
     return model.conditioner.encode_images(image)
 
 
-def repeat_cond(cond: dict | None, count: int) -> dict | None:
-    return None if cond is None else {k: v.expand(count, *v.shape[1:]) for k, v in cond.items()}
-
-
 def sample_to_folder(settings: SampleSettings, out: str | os.PathLike, model=None) -> dict:
     """Samples, meshes and renders every requested condition into `out`; returns what `samples.json` holds.
 
@@ -102,6 +109,7 @@ def sample_to_folder(settings: SampleSettings, out: str | os.PathLike, model=Non
     if settings.format not in FORMATS:
         raise InputError(f"--format must be one of {FORMATS}, got {settings.format!r}")
     model = model if model is not None else load_diffusion(settings.ckpt, settings.device)
+    settings = resolved(settings, model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator(settings.device).manual_seed(settings.seed)
@@ -111,7 +119,12 @@ def sample_to_folder(settings: SampleSettings, out: str | os.PathLike, model=Non
         for first in range(0, settings.num, settings.batch_size):
             count = min(settings.batch_size, settings.num - first)
             latents = model.generate(
-                count, repeat_cond(cond, count), settings.steps, settings.guidance, generator
+                count,
+                None if cond is None else broadcast_batch(cond, count),
+                settings.steps,
+                settings.guidance,
+                generator,
+                settings.sampler,
             )
             for latent in latents:
                 record, render = write_sample(model, latent[None], label, len(records), settings, out)
@@ -144,9 +157,8 @@ def write_sample(
         return record, None
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     mesh_path = out / f"{name}.{settings.format}"
-    tmp = mesh_path.with_name(f".{mesh_path.name}.tmp")
-    mesh.export(tmp, file_type=settings.format)
-    os.replace(tmp, mesh_path)
+    with atomic_path(mesh_path) as tmp:
+        mesh.export(tmp, file_type=settings.format)
     render = render_views(mesh, fixed_cameras(1), 256)[0]
     save_png(render, out / f"{name}.png")
     record.update(file=mesh_path.name, render=f"{name}.png", vertices=len(vertices), faces=len(faces))
@@ -164,15 +176,8 @@ def contact_sheet(images: list[np.ndarray], columns: int = 8) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def slug(text: str, length: int = 40) -> str:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from native3d import demo
+from native3d.cli import run
 from native3d.data.schema import Sizes
 
 
@@ -45,7 +46,7 @@ def tiny_demo(monkeypatch):
 @pytest.mark.timeout(900)
 def test_the_demo_writes_its_report_and_a_rerun_reuses_every_stage(tiny_demo, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert demo.run_demo(str(out), workers=1) == 0
+    assert demo.run_demo(str(out), run, workers=1) == 0
     stages = json.loads((out / "stages.json").read_text())
     assert len(stages) == len(demo.SHARD_SETS) + 3 * len(demo.AUTOENCODERS) + 2 * len(demo.DIFFUSION)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -70,7 +71,7 @@ def test_the_demo_writes_its_report_and_a_rerun_reuses_every_stage(tiny_demo, tm
         "a row per model, 'no surface' where a sample has none"
     )
     capsys.readouterr()
-    assert demo.run_demo(str(out), workers=1) == 0
+    assert demo.run_demo(str(out), run, workers=1) == 0
     printed = capsys.readouterr().out
     assert printed.count("reusing") == len(stages), "a rerun redoes nothing"
     assert json.loads((out / "stages.json").read_text()) == stages

@@ -19,16 +19,17 @@ import torch
 from native3d.diffusion import (
     DDPM,
     RectifiedFlow,
+    as_denoiser,
     cfg_model,
     drop_condition,
     flow_timesteps,
     null_condition,
+    resolve_sampler,
+    sample,
     sample_ddim,
-    sample_dpm_solver,
-    sample_euler,
-    sample_heun,
 )
-from native3d.diffusion.objectives import expand_like
+from native3d.errors import InputError
+from native3d.nn.modulation import expand_like
 
 BATCH = 4096
 # (B, M, C) sets, (B, C, D, H, W) grids and (B, 3, C, H, W) triplanes.
@@ -67,6 +68,11 @@ def exact_ddpm_model(mu, s, objective: DDPM):
     return model
 
 
+def run_sampler(name: str, model, objective, noise, steps: int):
+    """The one interface: the model read as a denoiser through its objective, the sampler by name."""
+    return sample(name, as_denoiser(model, objective), noise, objective.schedule, steps)
+
+
 def check_samples(x, noise, mu, s, start_a: float, path_tol: float) -> None:
     """Path-wise against the exact ODE map, then the samples' mean and std per element."""
     start_std = math.sqrt(1 - start_a**2) if start_a < 1 else 1.0
@@ -83,11 +89,11 @@ def check_samples(x, noise, mu, s, start_a: float, path_tol: float) -> None:
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-@pytest.mark.parametrize(("sampler", "steps", "tol"), [(sample_euler, 100, 0.06), (sample_heun, 20, 0.02)])
+@pytest.mark.parametrize(("sampler", "steps", "tol"), [("euler", 100, 0.06), ("heun", 20, 0.02)])
 def test_flow_samplers_recover_gaussian(shape, sampler, steps, tol):
     mu, s = gaussian_data(shape)
     noise = torch.randn((BATCH, *shape), generator=torch.Generator().manual_seed(1))
-    x = sampler(exact_flow_model(mu, s), noise, steps)
+    x = run_sampler(sampler, exact_flow_model(mu, s), RectifiedFlow(), noise, steps)
     check_samples(x, noise, mu, s, start_a=0.0, path_tol=tol)
 
 
@@ -95,8 +101,11 @@ def test_heun_beats_euler_at_equal_steps():
     mu, s = gaussian_data(SHAPES["set"])
     noise = torch.randn((256, *SHAPES["set"]), generator=torch.Generator().manual_seed(1))
     model = exact_flow_model(mu, s)
-    error = {f: (f(model, noise, 10) - (mu + s * noise)).abs().max() for f in (sample_euler, sample_heun)}
-    assert error[sample_heun] < error[sample_euler] / 5
+    error = {
+        f: (run_sampler(f, model, RectifiedFlow(), noise, 10) - (mu + s * noise)).abs().max()
+        for f in ("euler", "heun")
+    }
+    assert error["heun"] < error["euler"] / 5
 
 
 def test_flow_timesteps_shift():
@@ -107,7 +116,7 @@ def test_flow_timesteps_shift():
 
 # With "trailing" spacing the last step jumps from step T / steps - 1 straight to clean data, and
 # that step's error dominates (first order in 1 / steps), hence the step counts.
-DDPM_SAMPLERS = [(sample_ddim, 100, 0.1), (sample_dpm_solver, 100, 0.08)]
+DDPM_SAMPLERS = [("ddim", 100, 0.1), ("dpm++", 100, 0.08)]
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -117,7 +126,7 @@ def test_ddpm_samplers_recover_gaussian(shape, sampler, steps, tol, prediction):
     objective = DDPM(prediction=prediction)
     mu, s = gaussian_data(shape)
     noise = torch.randn((BATCH, *shape), generator=torch.Generator().manual_seed(1))
-    x = sampler(exact_ddpm_model(mu, s, objective), noise, steps, objective)
+    x = run_sampler(sampler, exact_ddpm_model(mu, s, objective), objective, noise, steps)
     # "trailing" spacing starts at the last training step, whose abar is small but not 0.
     start_a = objective.alphas_cumprod[-1].sqrt().item()
     check_samples(x, noise, mu, s, start_a=start_a, path_tol=tol)
@@ -129,11 +138,11 @@ def test_ddpm_samplers_other_schedules(sampler, steps, tol, schedule):
     objective = DDPM(prediction="v", beta_schedule=schedule, beta_start=1e-4, beta_end=0.02)
     mu, s = gaussian_data(SHAPES["set"])
     noise = torch.randn((BATCH, *SHAPES["set"]), generator=torch.Generator().manual_seed(1))
-    x = sampler(exact_ddpm_model(mu, s, objective), noise, steps, objective)
+    x = run_sampler(sampler, exact_ddpm_model(mu, s, objective), objective, noise, steps)
     check_samples(x, noise, mu, s, start_a=objective.alphas_cumprod[-1].sqrt().item(), path_tol=tol)
 
 
-@pytest.mark.parametrize("sampler", [sample_ddim, sample_dpm_solver])
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
 def test_ddpm_samplers_start_at_the_last_training_step(sampler):
     """'trailing' spacing: the first call sees t = 999 / 1000, then `steps` evenly spaced calls."""
     seen = []
@@ -142,7 +151,7 @@ def test_ddpm_samplers_start_at_the_last_training_step(sampler):
         seen.append(t)
         return torch.zeros_like(x_t)
 
-    sampler(recording_model, torch.randn(3, 2, 2), 10, DDPM())
+    run_sampler(sampler, recording_model, DDPM(), torch.randn(3, 2, 2), 10)
     assert len(seen) == 10 and all(t.shape == (3,) for t in seen)
     assert seen[0][0].item() == pytest.approx(0.999) and seen[-1][0].item() == pytest.approx(0.099)
 
@@ -153,21 +162,59 @@ def test_dpm_solver_beats_ddim_at_equal_steps():
     noise = torch.randn((256, *SHAPES["set"]), generator=torch.Generator().manual_seed(1))
     model = exact_ddpm_model(mu, s, objective)
     error = {
-        f: (f(model, noise, 20, objective) - (mu + s * noise)).abs().max()
-        for f in (sample_ddim, sample_dpm_solver)
+        f: (run_sampler(f, model, objective, noise, 20) - (mu + s * noise)).abs().max()
+        for f in ("ddim", "dpm++")
     }
-    assert error[sample_dpm_solver] < error[sample_ddim] / 3
+    assert error["dpm++"] < error["ddim"] / 3
 
 
 def test_ddim_with_eta_one_is_stochastic_but_right_in_distribution():
     objective = DDPM(prediction="eps")
     mu, s = gaussian_data(SHAPES["set"])
     noise = torch.randn((BATCH, *SHAPES["set"]), generator=torch.Generator().manual_seed(1))
-    model = exact_ddpm_model(mu, s, objective)
-    x = sample_ddim(model, noise, 200, objective, eta=1.0, generator=torch.Generator().manual_seed(2))
-    assert (x - sample_ddim(model, noise, 200, objective)).abs().max() > 0.1  # it did add noise
+    denoise = as_denoiser(exact_ddpm_model(mu, s, objective), objective)
+    generator = torch.Generator().manual_seed(2)
+    x = sample_ddim(denoise, noise, objective.schedule, 200, generator=generator, eta=1.0)
+    assert (x - sample_ddim(denoise, noise, objective.schedule, 200)).abs().max() > 0.1  # it did add noise
     assert ((x.mean(0) - mu).abs() < 6 * s / math.sqrt(BATCH) + 0.02).all()
     assert ((x.std(0) - s).abs() < 6 * s / math.sqrt(2 * BATCH) + 0.02).all()
+
+
+def test_a_sampler_is_chosen_by_name_and_must_fit_the_objective():
+    assert resolve_sampler(None, RectifiedFlow().schedule) == "euler"
+    assert resolve_sampler(None, DDPM().schedule) == "dpm++"
+    assert resolve_sampler("heun", RectifiedFlow().schedule) == "heun"
+    with pytest.raises(
+        InputError,
+        match=r"sampler 'ddim' does not fit a model trained with rectified flow; choose euler or heun",
+    ):
+        resolve_sampler("ddim", RectifiedFlow().schedule)
+    with pytest.raises(
+        InputError, match=r"'heun' does not fit a model trained with DDPM; choose ddim or dpm\+\+"
+    ):
+        sample("heun", lambda x, t, c: x, torch.zeros(2, 3), DDPM().schedule, 4)
+    with pytest.raises(InputError, match=r"there is no sampler 'rk4'"):
+        resolve_sampler("rk4", RectifiedFlow().schedule)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "ddim", "dpm++"])
+def test_guidance_is_applied_once_to_the_denoiser(name):
+    """sample(..., guidance=w) is the sampler over cfg_model(denoise, w): one batched call per step."""
+    objective = RectifiedFlow() if name in ("euler", "heun") else DDPM()
+    calls = []
+
+    def model(x_t, t, cond):
+        calls.append(x_t.shape[0])
+        return toy_conditional_model(x_t, t, cond) * 0.01
+
+    x_T, cond = torch.randn(8, 4, 3), make_cond()
+    denoise = as_denoiser(model, objective)
+    guided = sample(name, denoise, x_T, objective.schedule, 4, cond, guidance=2.0)
+    assert set(calls) == {16}
+    by_hand = sample(name, cfg_model(denoise, 2.0), x_T, objective.schedule, 4, cond)
+    assert torch.allclose(guided, by_hand, atol=1e-5)
+    plain = sample(name, denoise, x_T, objective.schedule, 4, cond, guidance=1.0)
+    assert not torch.allclose(guided, plain, atol=1e-3)
 
 
 # --- objectives -------------------------------------------------------------------------------
@@ -230,7 +277,8 @@ def test_ddpm_denoise_inverts_the_target(prediction):
     step = torch.tensor([0, 500, 990])
     a, b = objective.coefficients(step, x0)
     x_t = a * x0 + b * noise
-    assert torch.allclose(objective.denoise(objective.target(x0, noise, step), x_t, step), x0, atol=1e-3)
+    t = objective.model_time(step)
+    assert torch.allclose(objective.denoise(objective.target(x0, noise, step), x_t, t), x0, atol=1e-3)
 
 
 def test_ddpm_schedule_matches_diffusers_defaults():

@@ -9,12 +9,12 @@ import pytest
 import torch
 from test_training import CONFIGS, fit
 
-from native3d.checkpoints import load_diffusion
 from native3d.cli import main as native3d
 from native3d.data.shards import iter_samples
 from native3d.encode import encode_shard_set
 from native3d.errors import InputError
 from native3d.sampling import SampleSettings, sample_to_folder
+from native3d.training.diffusion import load_diffusion
 
 PAIRS = {  # diffusion config -> the autoencoder config whose latents it denoises
     "set_dit_tiny.yaml": "vecset_tiny.yaml",
@@ -127,6 +127,82 @@ def test_prompt_to_an_unconditional_model_is_refused(latent_sets, tmp_path, caps
         SampleSettings(ckpt=str(ckpt), num=2, steps=2, resolution=32), tmp_path / "out"
     )
     assert len(summary["samples"]) == 2
+    assert summary["settings"]["sampler"] == "euler", "the default sampler of rectified flow, named"
+
+
+def test_the_sampler_is_chosen_by_name_recorded_and_must_fit_the_objective(
+    latent_sets, primitive_shards, tmp_path, capsys
+):
+    ae, latents = latent_sets["vecset_tiny.yaml"]
+    uncond = ("--config", str(CONFIGS / "conditioning" / "unconditional.yaml"))
+    ckpt = fit_diffusion(
+        "set_dit_tiny.yaml",
+        ae,
+        latents,
+        tmp_path / "run",
+        steps=2,
+        extra=(*uncond, "--model.init_args.sampler", "heun"),
+    )
+    assert load_diffusion(ckpt).sampler == "heun", "a sampler set in the YAML travels in the checkpoint"
+    out = tmp_path / "samples"
+    argv = [
+        "sample",
+        "--ckpt",
+        str(ckpt),
+        "--num",
+        "1",
+        "--steps",
+        "2",
+        "--resolution",
+        "32",
+        "--out",
+        str(out),
+    ]
+    assert native3d(argv) == 0
+    assert json.loads((out / "samples.json").read_text())["settings"]["sampler"] == "heun"
+    assert native3d([*argv, "--sampler", "euler"]) == 0
+    assert json.loads((out / "samples.json").read_text())["settings"]["sampler"] == "euler"
+    capsys.readouterr()
+    assert native3d([*argv, "--sampler", "ddim"]) == 2
+    assert (
+        "sampler 'ddim' does not fit a model trained with rectified flow; choose euler or heun"
+        in one_error_line(capsys)
+    )
+    metrics = evaluate_checkpoint_cli(
+        ckpt, primitive_shards, tmp_path / "eval", "--num", "2", "--sampler", "euler"
+    )
+    assert metrics["settings"]["sampler_settings"]["sampler"] == "euler", "the evaluation names its sampler"
+    assert (
+        json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["settings"]["sampler"]
+        == "euler"
+    )
+    capsys.readouterr()
+    assert (
+        native3d(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "diffusion" / "set_dit_tiny.yaml"),
+                *uncond,
+                "--config",
+                str(CONFIGS / "data" / "latents.yaml"),
+                "--data.train",
+                str(latents),
+                "--model.init_args.autoencoder",
+                str(ae),
+                "--model.init_args.objective",
+                "native3d.diffusion.DDPM",
+                "--model.init_args.sampler",
+                "euler",
+                "--trainer.max_steps",
+                "1",
+            ]
+        )
+        == 2
+    )
+    assert "sampler 'euler' does not fit a model trained with DDPM; choose ddim or dpm++" in one_error_line(
+        capsys
+    )
 
 
 def test_image_conditioned_model_samples_from_a_png_and_names_a_bad_image(latent_sets, tmp_path, capsys):

@@ -21,6 +21,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from native3d.data.schema import (
     validate_sample,
 )
 from native3d.errors import MissingFileError
+from native3d.files import temporary, write_json
 
 # webdataset splits "<key>.<field>" at the first dot of a member name, so keys carry no dots.
 VALID_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -63,11 +65,11 @@ def encode_sample(key: str, sample: dict) -> dict:
 
 
 class AtomicShardWriter:
-    """Writes one tar shard under `<path>.tmp` and renames it to `path` on `commit()`."""
+    """Writes one tar shard under its temporary name (`files.temporary`) and renames it to `path` on `commit()`."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self.tmp_path = temporary(self.path)
         self._file = open(self.tmp_path, "wb")
         self._writer = wds.TarWriter(self._file)
         self.keys: list[str] = []
@@ -260,9 +262,13 @@ def check_shard_file(shard: Path, expected_bytes: int | None, where: str, hint: 
 
 def write_index(folder: Path, info: dict) -> None:
     """Writes `<folder>/index.json` atomically."""
-    tmp = Path(folder) / "index.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
-    os.replace(tmp, Path(folder) / "index.json")
+    write_json(Path(folder) / "index.json", info, sort_keys=True)
+
+
+def batched(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    """Consecutive lists of `size` samples (the last may be shorter)."""
+    while batch := list(islice(samples, size)):
+        yield batch
 
 
 def iter_samples(index: ShardIndex | str | os.PathLike, urls: list[str] | None = None) -> Iterator[dict]:

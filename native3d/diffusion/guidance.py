@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from native3d.diffusion.objectives import Denoiser
-from native3d.nn.modulation import Cond, broadcast_batch, check_cond
+from native3d.diffusion.objectives import Model
+from native3d.nn.modulation import Cond, broadcast_batch, check_cond, expand_like
 
 
 def null_condition(cond: Cond) -> Cond:
@@ -46,18 +46,15 @@ def drop_condition(
         raise ValueError(f"null_cond keys {sorted(null)} differ from cond keys {sorted(cond)}")
     device = next(iter(cond.values())).device
     drop = torch.rand(batch, device=device, generator=generator) < p  # (B,)
-    return {k: torch.where(_expand(drop, v), null[k].to(v.dtype), v) for k, v in cond.items()}
+    return {k: torch.where(expand_like(drop, v), null[k].to(v.dtype), v) for k, v in cond.items()}
 
 
-def _expand(drop: Tensor, like: Tensor) -> Tensor:
-    return drop.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def cfg_model(model: Denoiser, scale: float, null_cond: Cond | None = None) -> Denoiser:
+def cfg_model(model: Model, scale: float, null_cond: Cond | None = None) -> Model:
     """Wraps `model` as out_u + scale (out_c - out_u), both halves in one batched call.
 
-    scale = 1 is the conditional model and scale = 0 the unconditional one; the output is linear
-    in the model's, so this works for velocity, eps and v alike. A None cond passes through.
+    scale = 1 is the conditional model and scale = 0 the unconditional one. The mix is linear, so
+    it serves a model's output (velocity, eps, v) and its denoised estimate alike, and guiding either
+    gives the same samples. A None cond passes through.
     """
 
     def guided(

@@ -15,6 +15,10 @@ both objectives. Each also says what a sampler needs to read the model's output.
   2020, eq. 14) or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022, sec. 4).
   The model sees t = step / num_train_timesteps.
 
+Samplers read every model through one convention, the denoised estimate x0 = D(x_t, t, cond):
+each objective's `denoise(output, x_t, t)` converts its model's output to it (`as_denoiser`), and
+each objective's `schedule` (`FlowSchedule`, `DiscreteSchedule`) says which samplers fit it.
+
 The structure (one small callable per objective, per-sample loss) follows NVlabs/edm
 `training/loss.py`.
 """
@@ -22,6 +26,7 @@ The structure (one small callable per objective, per-sample loss) follows NVlabs
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -29,9 +34,11 @@ from diffusers import DDPMScheduler
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from native3d.nn.modulation import Cond
+from native3d.nn.modulation import Cond, expand_like
 
-# model(x_t, t, cond) -> a tensor shaped like x_t; t is (B,) in [0, 1].
+# model(x_t, t, cond) -> its output (velocity, eps or v), shaped like x_t; t is (B,) in [0, 1].
+Model = Callable[[Tensor, Tensor, Cond | None], Tensor]
+# denoise(x_t, t, cond) -> the estimate of x0, shaped like x_t: what every sampler reads.
 Denoiser = Callable[[Tensor, Tensor, Cond | None], Tensor]
 
 
@@ -40,9 +47,38 @@ def per_sample_mean(x: Float[Tensor, "B ..."]) -> Float[Tensor, " B"]:
     return x.float().flatten(1).mean(dim=1)
 
 
-def expand_like(v: Float[Tensor, " B"], x: Float[Tensor, "B ..."]) -> Float[Tensor, "B ..."]:
-    """(B,) -> (B, 1, ..., 1) with x's rank, so per-sample scalars broadcast over any shape."""
-    return v.reshape(-1, *([1] * (x.ndim - 1)))
+@dataclass(frozen=True)
+class FlowSchedule:
+    """The straight path x_t = (1 - t) x0 + t noise, integrated from t = 1 (noise) to t = 0."""
+
+
+@dataclass(frozen=True)
+class DiscreteSchedule:
+    """DDPM's variance-preserving chain over `num_train_timesteps` steps; the model sees t = step / T.
+
+    `scheduler_config` holds the keyword arguments that every diffusers scheduler sampling it shares.
+    """
+
+    scheduler_config: dict
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.scheduler_config["num_train_timesteps"]
+
+    def step(self, t: Float[Tensor, " B"]) -> Int[Tensor, " B"]:
+        return torch.round(t * self.num_train_timesteps).long()
+
+
+Schedule = FlowSchedule | DiscreteSchedule
+
+
+def as_denoiser(model: Model, objective: RectifiedFlow | DDPM) -> Denoiser:
+    """`model` read through `objective`: D(x_t, t, cond), the denoised estimate that samplers take."""
+
+    def denoise(x_t: Tensor, t: Float[Tensor, " B"], cond: Cond | None) -> Tensor:
+        return objective.denoise(model(x_t, t, cond), x_t, t)
+
+    return denoise
 
 
 class RectifiedFlow:
@@ -59,6 +95,7 @@ class RectifiedFlow:
         self.time_sampling = time_sampling
         self.loc = loc
         self.scale = scale
+        self.schedule = FlowSchedule()
 
     def sample_time(
         self, batch: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
@@ -79,18 +116,13 @@ class RectifiedFlow:
         return noise - x0
 
     @staticmethod
-    def velocity(output: Tensor, x_t: Tensor, t: Float[Tensor, " B"]) -> Tensor:
-        """What the flow samplers integrate: the model already predicts dx_t/dt."""
-        return output
-
-    @staticmethod
     def denoise(output: Tensor, x_t: Tensor, t: Float[Tensor, " B"]) -> Tensor:
         """x0 estimate: x0 = x_t - t v."""
         return x_t - expand_like(t, x_t) * output
 
     def __call__(
         self,
-        model: Denoiser,
+        model: Model,
         x0: Float[Tensor, "B ..."],
         cond: Cond | None = None,
         generator: torch.Generator | None = None,
@@ -123,17 +155,17 @@ class DDPM:
             raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
         self.prediction = prediction
         self.num_train_timesteps = num_train_timesteps
-        # The keyword arguments every diffusers scheduler that samples this objective must share.
-        self.scheduler_config = {
-            "num_train_timesteps": num_train_timesteps,
-            "beta_schedule": beta_schedule,
-            "beta_start": beta_start,
-            "beta_end": beta_end,
-            "prediction_type": "epsilon" if prediction == "eps" else "v_prediction",
-            "rescale_betas_zero_snr": rescale_betas_zero_snr,
-        }
-        schedule = DDPMScheduler(**self.scheduler_config, clip_sample=False)
-        self.alphas_cumprod: Float[Tensor, " T"] = schedule.alphas_cumprod.float().clone()
+        self.schedule = DiscreteSchedule(
+            {
+                "num_train_timesteps": num_train_timesteps,
+                "beta_schedule": beta_schedule,
+                "beta_start": beta_start,
+                "beta_end": beta_end,
+                "rescale_betas_zero_snr": rescale_betas_zero_snr,
+            }
+        )
+        chain = DDPMScheduler(**self.schedule.scheduler_config, clip_sample=False)
+        self.alphas_cumprod: Float[Tensor, " T"] = chain.alphas_cumprod.float().clone()
 
     def model_time(self, step: Int[Tensor, " B"]) -> Float[Tensor, " B"]:
         return step.float() / self.num_train_timesteps
@@ -149,16 +181,16 @@ class DDPM:
         alpha, sigma = self.coefficients(step, x0)
         return alpha * noise - sigma * x0
 
-    def denoise(self, output: Tensor, x_t: Tensor, step: Int[Tensor, " B"]) -> Tensor:
+    def denoise(self, output: Tensor, x_t: Tensor, t: Float[Tensor, " B"]) -> Tensor:
         """x0 estimate from the model output (eps: (x_t - sigma eps) / alpha; v: alpha x_t - sigma v)."""
-        alpha, sigma = self.coefficients(step, x_t)
+        alpha, sigma = self.coefficients(self.schedule.step(t), x_t)
         if self.prediction == "eps":
             return (x_t - sigma * output) / alpha
         return alpha * x_t - sigma * output
 
     def __call__(
         self,
-        model: Denoiser,
+        model: Model,
         x0: Float[Tensor, "B ..."],
         cond: Cond | None = None,
         generator: torch.Generator | None = None,

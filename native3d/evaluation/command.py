@@ -6,7 +6,7 @@
                                                                       into DIR/samples, then as --meshes
 
 With `--ckpt LDM.ckpt` and no --prompt/--image, a conditional model is asked for the reference's
-classes ("a <class>" for text, held-out views for images; see `evaluate_checkpoint`).
+classes ("a <class>" for text, held-out views for images; see `native3d.evaluation.checkpoint`).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def evaluate(args: argparse.Namespace):
             seed=args.seed,
         )
     if args.ckpt and args.reference and not (args.meshes or args.data):
-        from native3d.evaluation.generation import evaluate_checkpoint
+        from native3d.evaluation.checkpoint import evaluate_checkpoint
         from native3d.sampling import settings_from_args
 
         return evaluate_checkpoint(

@@ -34,8 +34,7 @@ import json
 import logging
 import os
 import re
-import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -44,13 +43,11 @@ import torch
 import trimesh
 from tqdm import tqdm
 
-from native3d.conditioning.condition import ImageConditioner
 from native3d.data.schema import NORMALIZED_HALF_EXTENT
 from native3d.data.shards import iter_samples, load_index
-from native3d.evaluation.report import EvaluationReport, json_safe
+from native3d.evaluation.report import EvaluationReport
 from native3d.geometry.mesh import MESH_EXTENSIONS, MeshError, load_mesh, normalize
 from native3d.metrics import MetricResult, coverage, minimum_matching_distance, one_nna, pairwise_distances
-from native3d.sampling import SampleSettings, load_diffusion, sample_to_folder, save_png, write_json
 
 log = logging.getLogger(__name__)
 
@@ -300,110 +297,3 @@ def evaluate_generation(
     }
     inputs = {"meshes": str(samples_folder), "reference": str(reference)}
     return EvaluationReport("generation", inputs, settings, summary, rows, failures)
-
-
-def reference_conditions(
-    reference: str | os.PathLike, per_class: int, image: bool, folder: Path
-) -> dict[str, str]:
-    """Conditions that the reference set's classes define: {prompt or PNG path: class}.
-
-    Text: the prompt "a <class>" for every class (each sampled `per_class` times by the caller).
-    Image: view 0 of the first `per_class` reference objects of every class, written as PNGs
-    into `folder` (one sample each). The reference must carry a meta "class" per object.
-    """
-    conditions, taken = {}, {}
-    for sample in iter_samples(reference):
-        cls = sample["meta.json"].get("class")
-        if cls is None:
-            raise ValueError(
-                f"{reference}: object {sample['__key__']} has no meta 'class', so there are no class conditions; "
-                "give --prompt or --image"
-            )
-        if not image:
-            conditions[f"a {cls}"] = cls
-            continue
-        if taken.get(cls, 0) >= per_class:
-            continue
-        if "views.npy" not in sample:
-            raise ValueError(
-                f"{reference}: object {sample['__key__']} has no rendered views to condition on; give --image"
-            )
-        taken[cls] = taken.get(cls, 0) + 1
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{cls}-{sample['__key__']}.png"
-        save_png(sample["views.npy"][0], path)
-        conditions[str(path)] = cls
-    return conditions
-
-
-def evaluate_checkpoint(
-    settings: SampleSettings,
-    reference: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    points: int = 2048,
-    metric: Distance = "chamfer",
-    class_distance: ClassDistance = "min",
-    seed: int = 0,
-) -> EvaluationReport:
-    """Samples a diffusion checkpoint into `<out>/samples`, then `evaluate_generation` of that folder.
-
-    Without prompts or images in `settings`, a conditional model is asked for the reference's
-    classes (`reference_conditions`): a text model "a <class>" `settings.num` times per class, an
-    image model once per reference view (`settings.num` objects per class); every sample is then
-    tagged with its class. An unconditional model draws `settings.num` samples. A samples folder
-    written with the same settings is reused. The summary adds `num_requested` and, when the
-    samples have classes, `prompt_accuracy_of_requested`, which counts a sample that decodes to
-    no surface as wrong (`prompt_accuracy` is over the meshed samples).
-    """
-    out = Path(out)
-    samples = out / "samples"
-    model = None
-    labels: dict[str, str] = {}
-    if not (settings.prompts or settings.images):
-        model = load_diffusion(settings.ckpt, settings.device)
-        if model.conditional:
-            image = isinstance(model.conditioner, ImageConditioner)
-            conditions = reference_conditions(reference, settings.num, image, out / "conditions")
-            labels = {Path(c).stem if image else c: cls for c, cls in conditions.items()}
-            settings = replace(
-                settings,
-                **({"images": list(conditions), "num": 1} if image else {"prompts": list(conditions)}),
-            )
-    listed = samples / SAMPLES_FILE
-    if not (
-        listed.is_file() and json.loads(listed.read_text()).get("settings") == json_safe(asdict(settings))
-    ):
-        shutil.rmtree(samples, ignore_errors=True)
-        record = sample_to_folder(settings, samples, model)
-        if labels:
-            for entry in record["samples"]:
-                entry["class"] = labels[entry["prompt"]]
-            write_json(listed, record)
-    requested = len(json.loads(listed.read_text())["samples"])
-    try:
-        report = evaluate_generation(
-            samples, reference, points=points, metric=metric, class_distance=class_distance, seed=seed
-        )
-    except (
-        NoMeshError
-    ) as error:  # nothing decoded to a surface: nothing to measure, and every prompted sample is wrong
-        log.warning("%s", error)
-        summary = {"num_samples": 0, "num_failed": requested, "error": str(error)}
-        if labels:
-            summary["prompt_accuracy_of_requested"] = 0.0
-        report = EvaluationReport(
-            "generation",
-            {"meshes": str(samples), "reference": str(reference)},
-            {},
-            summary,
-            failures=error.failures,
-        )
-    summary = report.summary
-    summary["num_requested"] = requested
-    if summary.get("num_prompted"):
-        summary["prompt_accuracy_of_requested"] = (
-            summary["prompt_accuracy"] * summary["num_prompted"] / requested
-        )
-    report.inputs["ckpt"] = str(settings.ckpt)
-    return report

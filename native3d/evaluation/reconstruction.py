@@ -36,8 +36,7 @@ from native3d.autoencoders.bottleneck import LatentAutoencoder
 from native3d.autoencoders.meshing import decode_mesh
 from native3d.checkpoints import load_autoencoder
 from native3d.data.datamodule import collate, sample_to_tensors
-from native3d.data.shards import ShardIndex, iter_samples, load_index
-from native3d.encode import batched
+from native3d.data.shards import ShardIndex, batched, iter_samples, load_index
 from native3d.evaluation.report import EvaluationReport
 from native3d.geometry.marching_cubes import NoSurfaceError, marching_cubes
 from native3d.metrics import MetricResult, chamfer_distance, f_score, normal_consistency, volume_iou

@@ -1,6 +1,6 @@
 """The record of one evaluation: `metrics.json` (values, settings, per-object rows, failures)
 and `metrics.md` (the same as markdown tables), both written atomically (temporary name, then
-`os.replace`), so a reader never sees half a report.
+`os.replace`, `native3d.files`), so a reader never sees half a report.
 
 `metrics.json` holds:
 
@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from native3d.files import write_atomic, write_json
 
 
 @dataclass
@@ -62,15 +64,9 @@ def write_report(report: EvaluationReport, out: str | os.PathLike) -> tuple[Path
     out.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
     json_path, md_path = out / "metrics.json", out / "metrics.md"
-    write_atomic(json_path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_json(json_path, data)
     write_atomic(md_path, markdown(data))
     return json_path, md_path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def markdown(data: dict[str, Any]) -> str:

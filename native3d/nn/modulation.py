@@ -36,17 +36,27 @@ def modulate(
     `channel_dim=-1` suits tokens (B, M, C); `channel_dim=1` suits feature maps (B, C, D, H, W).
     The `1 +` makes a zero regression the identity.
     """
-    return x * (1 + _along(scale, x, channel_dim)) + _along(shift, x, channel_dim)
+    return x * (1 + expand_like(scale, x, channel_dim)) + expand_like(shift, x, channel_dim)
 
 
 def gate(x: Float[Tensor, "B ..."], g: Float[Tensor, "B C"], channel_dim: int = -1) -> Float[Tensor, "B ..."]:
     """x * g with g broadcast like `modulate`'s scale (the adaLN-Zero residual gate)."""
-    return x * _along(g, x, channel_dim)
+    return x * expand_like(g, x, channel_dim)
 
 
-def _along(v: Float[Tensor, "B C"], x: Tensor, channel_dim: int) -> Tensor:
+def expand_like(
+    v: Float[Tensor, " B"] | Float[Tensor, "B C"], x: Float[Tensor, "B ..."], channel_dim: int = 1
+) -> Tensor:
+    """Per-sample values (B,), or per-sample channels (B, C), shaped to broadcast against x.
+
+    The batch stays on axis 0 and C goes to `channel_dim`; every other axis is 1. This is the one
+    helper for per-sample scalars over any latent rank (times, noise levels, dropped conditions)
+    and for adaLN's per-channel shift, scale and gate.
+    """
     shape = [1] * x.ndim
-    shape[0], shape[channel_dim] = v.shape
+    shape[0] = v.shape[0]
+    if v.ndim == 2:
+        shape[channel_dim] = v.shape[1]
     return v.reshape(shape)
 
 
@@ -160,6 +170,7 @@ __all__ = [
     "ConditionEmbedding",
     "broadcast_batch",
     "check_cond",
+    "expand_like",
     "gate",
     "modulate",
 ]

@@ -6,15 +6,15 @@ checkpoint (which fixes the latent shape and its normalization statistics), the 
 conditioner. Latents come from `native3d encode` shards as posterior mean and std; training
 draws a posterior sample and standardizes it with the autoencoder's statistics (Rombach et al.
 2022, sec. 4.3.2). Conditions are dropped with probability `cond_dropout` for classifier-free
-guidance (Ho & Salimans 2022). The frozen autoencoder's weights travel in the checkpoint, so a
+guidance (Ho & Salimans 2022). Sampling takes a sampler by name (`sampler: heun`; the default is
+euler for rectified flow, dpm++ for DDPM; see `native3d.diffusion.samplers`). The frozen autoencoder's weights travel in the checkpoint, so a
 diffusion checkpoint samples meshes on its own; a frozen text encoder is re-loaded by name.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable
+import os
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +23,17 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import LatentAutoencoder, autoencoder_from_config
-from native3d.checkpoints import autoencoder_config, load_autoencoder
+from native3d.checkpoints import autoencoder_config, autoencoder_of, build_module, read_checkpoint_of_kind
 from native3d.conditioning.condition import ImageConditioner, TextConditioner
-from native3d.diffusion import DDPM, RectifiedFlow, cfg_model, drop_condition, sample_dpm_solver, sample_euler
+from native3d.diffusion import (
+    DDPM,
+    RectifiedFlow,
+    SamplerName,
+    as_denoiser,
+    drop_condition,
+    resolve_sampler,
+    sample,
+)
 from native3d.nn.modulation import Cond
 from native3d.training.checks import check_finite
 from native3d.training.optim import warmup_cosine_scheduler
@@ -45,7 +53,7 @@ class LatentDiffusion(L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 500,
-        sampler: Callable | None = None,
+        sampler: SamplerName | None = None,
         sample_steps: int = 50,
         guidance: float = 3.0,
         preview_every_n_val: int = 1,
@@ -61,8 +69,7 @@ class LatentDiffusion(L.LightningModule):
         self.conditioner = conditioner
         self.autoencoder, config = load_frozen_autoencoder(autoencoder, autoencoder_config)
         self.hparams["autoencoder_config"] = config  # lets the checkpoint rebuild it without the file
-        self.sampler = sampler or (sample_dpm_solver if isinstance(self.objective, DDPM) else sample_euler)
-        check_sampler(self.sampler, self.objective)
+        self.sampler = resolve_sampler(sampler, self.objective.schedule)  # euler for flow, dpm++ for DDPM
         check_backbone(self.backbone, self.latent_shape)
         self._val_count = 0
 
@@ -135,18 +142,25 @@ class LatentDiffusion(L.LightningModule):
         steps: int | None = None,
         guidance: float | None = None,
         generator: torch.Generator | None = None,
+        sampler: SamplerName | None = None,
     ) -> Tensor:
-        """`num` latents (denormalized, ready to decode); cond has batch `num` or is None."""
-        steps = steps or self.hparams.sample_steps
-        guidance = self.hparams.guidance if guidance is None else guidance
+        """`num` latents (denormalized, ready to decode); cond has batch `num` or is None.
+
+        `steps`, `guidance` and `sampler` default to the model's own (`sample_steps`, `guidance`,
+        `sampler`); a sampler that does not fit the objective is an `InputError`.
+        """
         noise = torch.randn((num, *self.latent_shape), generator=generator, device=self.device)
-        model = self.backbone
-        if cond is not None and guidance != 1.0:
-            model = cfg_model(self.backbone, guidance, null_cond=self.conditioner.null_cond(num))
-        kwargs = (
-            {"objective": self.objective} if "objective" in inspect.signature(self.sampler).parameters else {}
+        latents = sample(
+            sampler or self.sampler,
+            as_denoiser(self.backbone, self.objective),
+            noise,
+            self.objective.schedule,
+            steps or self.hparams.sample_steps,
+            cond,
+            self.hparams.guidance if guidance is None else guidance,
+            self.conditioner.null_cond(num) if cond is not None else None,
+            generator,
         )
-        latents = self.sampler(model, noise, steps, cond=cond, **kwargs)
         return self.autoencoder.denormalize_latent(latents)
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -202,19 +216,16 @@ def check_backbone(backbone: nn.Module, latent_shape: tuple[int, ...]) -> None:
         raise ValueError(f"{type(backbone).__name__} maps latents {tuple(x.shape)} to {tuple(out.shape)}")
 
 
-def check_sampler(sampler: Callable, objective: RectifiedFlow | DDPM) -> None:
-    wants_objective = "objective" in inspect.signature(sampler).parameters
-    if wants_objective != isinstance(objective, DDPM):
-        kind = "a DDPM" if wants_objective else "a flow"
-        raise ValueError(
-            f"sampler {sampler.__name__} is {kind} sampler; it does not fit {type(objective).__name__}"
-        )
-
-
 def load_frozen_autoencoder(ckpt: str, config: dict | None) -> tuple[LatentAutoencoder, dict]:
     """The frozen autoencoder, from its checkpoint file or (reloading a diffusion checkpoint) its config."""
     if config is not None:
         autoencoder = autoencoder_from_config(config)
     else:
-        autoencoder, config = load_autoencoder(ckpt), autoencoder_config(ckpt)
+        checkpoint = read_checkpoint_of_kind(ckpt, "autoencoder")
+        autoencoder, config = autoencoder_of(checkpoint), autoencoder_config(checkpoint)
     return autoencoder.eval().requires_grad_(False), config
+
+
+def load_diffusion(path: str | os.PathLike, device: str = "cpu") -> LatentDiffusion:
+    """A `LatentDiffusion` checkpoint, in eval mode (read once; a wrong or missing file is a `UserError`)."""
+    return build_module(LatentDiffusion, read_checkpoint_of_kind(path, "diffusion"), device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from torch import Tensor
 
 from native3d.autoencoders.bottleneck import LatentAutoencoder
 from native3d.autoencoders.meshing import decode_mesh
+from native3d.files import atomic_path
 from native3d.geometry.marching_cubes import NoSurfaceError
 from native3d.geometry.render import fixed_cameras, render_views
 
@@ -34,9 +34,8 @@ class Previews:
         blank = np.full((size, size, 3), 255, dtype=np.uint8)
         tiles = [blank if m is None else render_views(m, camera, size)[0] for m in self.meshes]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.png")
-        Image.fromarray(np.concatenate(tiles, axis=1)).save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(np.concatenate(tiles, axis=1)).save(tmp, format="PNG")
 
 
 def sample_points(mesh: trimesh.Trimesh, count: int) -> np.ndarray:
