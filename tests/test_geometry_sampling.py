@@ -1,4 +1,4 @@
-"""Surface and query sampling, triplane projection and offscreen rendering of real meshes."""
+"""Surface, sharp-edge and query sampling, triplane projection and offscreen rendering of real meshes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import trimesh
 from native3d.data.schema import TRIPLANE_PLANES
 from native3d.geometry.mesh import load_mesh, normalize
 from native3d.geometry.render import fixed_cameras, render_views
-from native3d.geometry.sampling import sample_queries, sample_surface
+from native3d.geometry.sampling import sample_queries, sample_sharp, sample_surface
 from native3d.geometry.sdf import signed_distance
 from native3d.geometry.triplane import project_triplane
 
@@ -69,6 +69,100 @@ def test_sampling_is_deterministic_given_the_generator(duck):
     for a, b, c in zip(first, again, other):
         np.testing.assert_array_equal(a, b)
         assert not np.array_equal(a, c)
+
+
+def box_edges(extents: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The 12 edges of a centred box, as (start, end) corner pairs that differ in one coordinate."""
+    corners = [(np.array(c) - 0.5) * extents for c in np.ndindex(2, 2, 2)]
+    return [(a, b) for i, a in enumerate(corners) for b in corners[i + 1 :] if (a != b).sum() == 1]
+
+
+def distance_to_segments(pts: np.ndarray, segments: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Each point's distance to the nearest of the segments; (K,)."""
+    best = np.full(len(pts), np.inf)
+    for a, b in segments:
+        t = np.clip((pts - a) @ (b - a) / ((b - a) @ (b - a)), 0.0, 1.0)
+        best = np.minimum(best, np.linalg.norm(pts - (a + t[:, None] * (b - a)), axis=1))
+    return best
+
+
+def test_sharp_points_of_a_box_lie_on_its_edges_length_weighted_with_bisector_normals():
+    extents = np.array([1.0, 1.0, 3.0])  # 4 edges of length 3 along z, 8 of length 1
+    box = trimesh.creation.box(extents=extents)
+    sharp = sample_sharp(box, 4000, 15.0, np.random.default_rng(0))
+    assert sharp.source == "edges" and sharp.sharp_edges == 12
+    assert sharp.points.shape == (4000, 6) and sharp.points.dtype == np.float32
+    pts, normals = sharp.points[:, :3].astype(np.float64), sharp.points[:, 3:]
+    edges = box_edges(extents)
+    assert len(edges) == 12 and distance_to_segments(pts, edges).max() < 1e-6
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-6)
+    # On an edge, the two coordinates at their faces are the two faces' normal axes: the bisector is
+    # their signs over sqrt(2).
+    on_face = np.isclose(np.abs(pts), extents / 2, atol=1e-9)
+    assert (on_face.sum(axis=1) >= 2).all()
+    interior = on_face.sum(axis=1) == 2  # not at a corner
+    expected = np.where(on_face, np.sign(pts), 0.0) / np.sqrt(2.0)
+    np.testing.assert_allclose(normals[interior], expected[interior], atol=1e-6)
+    along_z = ~on_face[:, 2]
+    assert along_z.mean() == pytest.approx(12 / 20, abs=0.03)  # length-weighted: 4 x 3 of 4 x 3 + 8 x 1
+    assert len(np.unique(np.round(pts[along_z, 2], 3))) > 500, "spread along the edges, not at points"
+
+
+def test_sharp_edges_of_a_real_cube_with_split_vertices_and_one_face_wound_backwards():
+    cube, _ = normalize(load_mesh(Path(pybullet_data.getDataPath()) / "cube.obj"))
+    assert len(cube.vertices) == 24  # every face has its own corners: no adjacency until merged
+    faces = np.array(cube.faces)
+    faces[0] = faces[0][::-1]  # an inconsistently wound face: its normal points inwards
+    for mesh in (cube, trimesh.Trimesh(cube.vertices, faces, process=False)):
+        merged = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)
+        sharp = sample_sharp(merged, 500, 15.0, np.random.default_rng(1))
+        assert sharp.source == "edges" and sharp.sharp_edges == 12
+        assert (
+            distance_to_segments(sharp.points[:, :3].astype(np.float64), box_edges(np.full(3, 1.8))).max()
+            < 1e-6
+        )
+        np.testing.assert_allclose(np.linalg.norm(sharp.points[:, 3:], axis=1), 1.0, atol=1e-6)
+
+
+def test_a_sphere_has_no_sharp_edge_and_is_sampled_by_curvature():
+    sphere = trimesh.creation.icosphere(subdivisions=3)  # ~6 degrees between neighbouring faces
+    sharp = sample_sharp(sphere, 300, 15.0, np.random.default_rng(2))
+    assert sharp.source == "curvature" and sharp.sharp_edges == 0 and sharp.points.shape == (300, 6)
+    pts, normals = sharp.points[:, :3], sharp.points[:, 3:]
+    assert distance_to(sphere, pts).max() < 1e-6
+    radial = pts / np.linalg.norm(pts, axis=1, keepdims=True)
+    assert (np.sum(normals * radial, axis=1) > 0.99).all() and np.abs(
+        np.linalg.norm(normals, axis=1) - 1
+    ).max() < 1e-6
+
+
+def test_curvature_points_gather_where_the_surface_bends_most():
+    # An oblate spheroid bends most at its equator (there 1 and 1/0.4^2 = 6.25; 0.4 at the poles).
+    spheroid = trimesh.creation.icosphere(subdivisions=4)  # at most ~7 degrees between faces
+    spheroid.apply_scale([1.0, 1.0, 0.4])
+    sharp = sample_sharp(spheroid, 4000, 15.0, np.random.default_rng(3))
+    uniform = sample_surface(spheroid, 4000, np.random.default_rng(3))
+    assert sharp.source == "curvature" and sharp.sharp_edges == 0
+    near_equator = [np.mean(np.abs(z) < 0.08) for z in (sharp.points[:, 2], uniform[:, 2])]
+    assert near_equator[0] > 1.8 * near_equator[1]
+    assert np.abs(sharp.points[:, 2]).mean() < 0.75 * np.abs(uniform[:, 2]).mean()
+
+
+def test_a_flat_mesh_gets_uniform_surface_points():
+    square = trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 3]])
+    sharp = sample_sharp(square, 200, 15.0, np.random.default_rng(4))
+    assert sharp.source == "uniform" and sharp.sharp_edges == 0 and sharp.points.shape == (200, 6)
+    assert np.abs(sharp.points[:, 2]).max() == 0 and sharp.points[:, :2].std(axis=0).min() > 0.2
+    np.testing.assert_allclose(np.abs(sharp.points[:, 5]), 1.0)
+
+
+def test_sharp_sampling_is_deterministic_given_the_generator(duck):
+    merged = trimesh.Trimesh(duck.vertices, duck.faces, process=True)
+    first, again, other = (
+        sample_sharp(merged, 300, 15.0, np.random.default_rng(s)).points for s in (5, 5, 6)
+    )
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
 
 
 def test_queries_layout_and_signed_distance(duck):
