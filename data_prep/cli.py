@@ -78,6 +78,18 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument("--views", type=at_least(0), default=defaults.views)
     sizes.add_argument("--view-size", type=positive, default=defaults.view_size)
     sizes.add_argument("--truncation", type=float, default=defaults.truncation)
+    sizes.add_argument(
+        "--sharp-points",
+        type=at_least(0),
+        default=defaults.sharp_points,
+        help="points on sharp edges per object (sharp.npy); 0 writes none",
+    )
+    sizes.add_argument(
+        "--sharp-angle",
+        type=float,
+        default=defaults.sharp_angle,
+        help="degrees between adjacent face normals above which an edge is sharp",
+    )
 
 
 def iter_source(args: argparse.Namespace) -> Iterator[MeshItem]:
@@ -110,7 +122,16 @@ def iter_source(args: argparse.Namespace) -> Iterator[MeshItem]:
     return iter_primitives(count=args.count, seed=args.seed, limit=args.limit, poses=args.poses)
 
 
-SIZE_FIELDS = ("surface_points", "grid_resolution", "query_points", "views", "view_size", "truncation")
+SIZE_FIELDS = (
+    "surface_points",
+    "grid_resolution",
+    "query_points",
+    "views",
+    "view_size",
+    "truncation",
+    "sharp_points",
+    "sharp_angle",
+)
 
 
 def sizes_from_args(args: argparse.Namespace) -> Sizes:

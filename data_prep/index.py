@@ -14,7 +14,7 @@ from pathlib import Path
 
 from data_prep.integrity import check_shards, repair_hint
 from data_prep.ledger import read_ledgers
-from native3d.data.schema import SCHEMA_VERSION, DamagedShardError
+from native3d.data.schema import DamagedShardError
 from native3d.data.shards import shard_entry, write_index
 from native3d.errors import InputError, MissingFileError
 
@@ -28,10 +28,11 @@ def build_index(out: str | os.PathLike) -> dict:
         )
     sizes = manifests[0]["sizes"]
     for manifest in manifests[1:]:
-        if manifest["sizes"] != sizes:
-            raise InputError(
-                f"{out}: job {manifest['job_index']} was built with other sizes than job {manifests[0]['job_index']}"
-            )
+        for key in ("sizes", "schema_version"):
+            if manifest[key] != manifests[0][key]:
+                raise InputError(
+                    f"{out}: job {manifest['job_index']} was built with other {key} than job {manifests[0]['job_index']}"
+                )
     check = check_shards(out)
     if damaged := check.damaged:
         lines = "; ".join(d.line() for d in damaged)
@@ -42,7 +43,7 @@ def build_index(out: str | os.PathLike) -> dict:
     shards = [shard_entry(out / name, count) for name, count in check.intact.items()]
     failed = sum(1 for entry in ledger.values() if entry["status"] == "failed")
     index = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": manifests[0]["schema_version"],  # a folder built by older code stays its version
         "sizes": sizes,
         "shards": shards,
         "num_samples": sum(s["count"] for s in shards),

@@ -1,6 +1,7 @@
 """The per-object pipeline: one `MeshItem` in, one schema sample (or a named failure) out.
 
-normalize -> surface samples -> SDF grid -> SDF queries -> triplane -> views -> meta.
+normalize -> surface samples -> SDF grid -> SDF queries -> sharp-edge samples -> triplane -> views
+-> meta.
 Every stage is a pure function from `native3d.geometry`; this module only composes and times them.
 Randomness is seeded from the object id, so a sample does not depend on which job built it.
 """
@@ -19,7 +20,7 @@ from data_prep.sources import MeshItem
 from native3d.data.schema import SCHEMA_VERSION, Sizes
 from native3d.geometry.mesh import DEFAULT_MAX_FACES, MeshError, check_mesh, load_mesh, normalize
 from native3d.geometry.render import fixed_cameras, render_views
-from native3d.geometry.sampling import sample_queries, sample_surface
+from native3d.geometry.sampling import sample_queries, sample_sharp, sample_surface
 from native3d.geometry.sdf import sdf_grid
 from native3d.geometry.triplane import project_triplane
 
@@ -86,7 +87,8 @@ def build_sample(
         mesh = load_item_mesh(item, max_faces)
     with clock("normalize"):
         mesh, norm = normalize(mesh)
-        watertight = bool(trimesh.Trimesh(mesh.vertices, mesh.faces, process=True).is_watertight)
+        merged = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)  # vertices shared across faces
+        watertight = bool(merged.is_watertight)
     v, f, r = mesh.vertices, mesh.faces, sizes.truncation
     with clock("surface"):
         surface = sample_surface(mesh, sizes.surface_points, rng)
@@ -94,6 +96,10 @@ def build_sample(
         grid = sdf_grid(v, f, sizes.grid_resolution, r)
     with clock("query"):
         query = sample_queries(v, f, sizes.query_points, sizes.near_surface_sigmas, r, rng)
+    sharp = None  # drawn after the others, so turning it off leaves every other array as it is
+    if sizes.sharp_points > 0:
+        with clock("sharp"):
+            sharp = sample_sharp(merged, sizes.sharp_points, sizes.sharp_angle, rng)
     with clock("triplane"):
         planes = project_triplane(grid)
     cameras = fixed_cameras(sizes.views)
@@ -110,8 +116,12 @@ def build_sample(
         "watertight": watertight,
         "cameras": cameras,
     }
+    arrays = {"surface.npy": surface.astype("<f2")}
+    if sharp is not None:
+        arrays["sharp.npy"] = sharp.points.astype("<f2")
+        meta.update(sharp_source=sharp.source, sharp_edges=sharp.sharp_edges)
     return {
-        "surface.npy": surface.astype("<f2"),
+        **arrays,
         "sdf.npy": grid.astype("<f2"),
         "query.npy": query.astype("<f2"),
         "triplane.npy": planes.astype("<f2"),

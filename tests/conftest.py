@@ -37,7 +37,9 @@ def pybullet_mesh(relative: str) -> Path:
 
 @pytest.fixture
 def tiny_sizes() -> Sizes:
-    return Sizes(surface_points=256, grid_resolution=16, query_points=512, views=1, view_size=32)
+    return Sizes(
+        surface_points=256, grid_resolution=16, query_points=512, views=1, view_size=32, sharp_points=64
+    )
 
 
 @pytest.fixture
@@ -75,6 +77,8 @@ def primitive_shards(tmp_path_factory) -> Path:
         "1",
         "--view-size",
         "32",
+        "--sharp-points",
+        "128",
     ]
     assert (
         prep(

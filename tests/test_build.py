@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from data_prep.index import build_index
 from data_prep.ledger import Ledger, ledger_path
 from data_prep.report import build_report
 from data_prep.sources.local import iter_local
-from native3d.data.schema import ARRAY_KEYS, SchemaError, expected_shape
+from native3d.data.schema import SCHEMA_VERSION, SchemaError, array_keys, expected_shape
 from native3d.data.shards import AtomicShardWriter, encode_sample, iter_samples, load_index
 
 BROKEN = {"empty.stl", "corrupt.glb", "points.ply"}
@@ -31,9 +33,10 @@ def fingerprint(folder: Path) -> dict[str, str]:
     """id -> hash of the sample's arrays, for every sample in a built and indexed folder."""
     build_index(folder)
     prints = {}
+    keys = array_keys(load_index(folder).sizes)
     for sample in iter_samples(folder):
         digest = hashlib.sha1()
-        for key in ARRAY_KEYS:
+        for key in keys:
             digest.update(sample[key].tobytes())
         assert sample["__key__"] not in prints, "a sample was written twice"
         prints[sample["__key__"]] = digest.hexdigest()
@@ -68,16 +71,24 @@ def test_build_reads_back_and_names_failures(real_mesh_folder, tiny_sizes, tmp_p
     assert index["num_failed"] == 3 and index["sizes"]["grid_resolution"] == 16
     samples = list(iter_samples(out))
     assert len(samples) == 6
+    assert "sharp.npy" in array_keys(tiny_sizes)
     for sample in samples:
-        for key in ARRAY_KEYS:
+        for key in array_keys(tiny_sizes):
             assert sample[key].shape == expected_shape(key, tiny_sizes)
         sdf = sample["sdf.npy"].astype(np.float32)
         assert sdf.min() < 0 < sdf.max(), "every real mesh has inside and outside grid points"
         meta = sample["meta.json"]
         assert meta["source"] == "local" and meta["normalization"]["scale"] > 0 and len(meta["cameras"]) == 1
+        assert meta["sharp_source"] in ("edges", "curvature", "uniform") and "sharp" in meta["timings"]
+        sharp = sample["sharp.npy"].astype(np.float32)
+        np.testing.assert_allclose(np.linalg.norm(sharp[:, 3:], axis=1), 1.0, atol=2e-3)
+    cube = next(s for s in samples if s["meta.json"]["relpath"] == "cube.obj")
+    assert cube["meta.json"]["sharp_source"] == "edges" and cube["meta.json"]["sharp_edges"] == 12
+    corner_axes = np.isclose(np.abs(cube["sharp.npy"][:, :3].astype(np.float32)), 0.9, atol=1e-3).sum(axis=1)
+    assert (corner_axes >= 2).all(), "every sharp point of the cube lies on one of its edges"
     report = build_report(out)
     assert report["ok"] == 6 and sum(report["failure_reasons"].values()) == 3
-    assert {"sdf_grid", "query", "surface", "total"} <= set(report["timings"])
+    assert {"sdf_grid", "query", "surface", "sharp", "total"} <= set(report["timings"])
 
 
 def test_two_jobs_cover_every_object_once(real_mesh_folder, tiny_sizes, tmp_path):
@@ -160,12 +171,54 @@ def test_resume_redoes_a_shard_killed_between_ledger_and_rename(real_mesh_folder
     assert last.name not in {p.name for p in out.glob("*.tar")}, "a new shard index, never a reused name"
 
 
-def test_rerun_with_other_sizes_is_refused(real_mesh_folder, tiny_sizes, tmp_path):
+@pytest.mark.parametrize("change", [{"grid_resolution": 8}, {"sharp_points": 32}, {"sharp_angle": 30.0}])
+def test_rerun_with_other_sizes_is_refused(real_mesh_folder, tiny_sizes, tmp_path, change):
     out = tmp_path / "sizes"
     run_build(iter_local(str(real_mesh_folder), limit=1), BuildConfig(out=out, sizes=tiny_sizes))
-    other = BuildConfig(out=out, sizes=type(tiny_sizes)(**{**tiny_sizes.to_dict(), "grid_resolution": 8}))
+    other = BuildConfig(out=out, sizes=type(tiny_sizes)(**{**tiny_sizes.to_dict(), **change}))
     with pytest.raises(ValueError, match="sizes"):
         run_build(iter_local(str(real_mesh_folder), limit=1), other)
+
+
+def test_sharp_points_0_writes_no_sharp_key_and_changes_no_other_array(
+    real_mesh_folder, tiny_sizes, tmp_path
+):
+    without = replace(tiny_sizes, sharp_points=0)
+    assert "sharp.npy" not in array_keys(without)
+    arrays = {}
+    for name, sizes in (("with", tiny_sizes), ("without", without)):
+        out = tmp_path / name
+        run_build(good_items(real_mesh_folder, 2), BuildConfig(out=out, sizes=sizes))
+        build_index(out)
+        members = [m for shard in out.glob("*.tar") for m in tarfile.open(shard).getnames()]
+        assert any(m.endswith(".sharp.npy") for m in members) == (name == "with")
+        samples = list(iter_samples(out))
+        assert len(samples) == 2
+        assert all(("sharp_source" in s["meta.json"]) == (name == "with") for s in samples)
+        arrays[name] = {s["__key__"]: [s[k].tobytes() for k in array_keys(without)] for s in samples}
+    assert arrays["with"] == arrays["without"], (
+        "the sharp stage draws last: turning it off changes nothing else"
+    )
+
+
+def test_a_bad_sharp_angle_is_a_one_line_error(real_mesh_folder, tmp_path, capsys):
+    code = prep(
+        [
+            "build",
+            "--source",
+            "local",
+            "--root",
+            str(real_mesh_folder),
+            "--out",
+            str(tmp_path / "x"),
+            "--sharp-angle",
+            "0",
+        ]
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "sharp_angle" in error
+    assert not (tmp_path / "x").exists()
 
 
 def good_items(folder: Path, count: int) -> list:
@@ -179,11 +232,20 @@ def test_reader_names_shard_and_key_of_a_malformed_sample(real_mesh_folder, tiny
     good = next(iter(iter_samples(out)))
     shard = sorted(out.glob("*.tar"))[0]
     writer = AtomicShardWriter(shard)
-    broken = {k: good[k] for k in (*ARRAY_KEYS, "caption.txt", "meta.json")}
+    broken = {k: good[k] for k in (*array_keys(tiny_sizes), "caption.txt", "meta.json")}
     broken["sdf.npy"] = broken["sdf.npy"][:-1]
     writer.write(good["__key__"], broken)
     writer.commit()
     with pytest.raises(SchemaError, match=rf"{shard.name}.*sdf\.npy.*shape"):
+        list(iter_samples(load_index(out)))
+    # A set built with sharp points needs them in every sample.
+    broken["sdf.npy"] = good["sdf.npy"]
+    del broken["sharp.npy"]
+    writer = AtomicShardWriter(shard)
+    writer.write(good["__key__"], broken)
+    writer.commit()
+    build_index(out)  # the shard is shorter now: the index records its new size
+    with pytest.raises(SchemaError, match=rf"{shard.name}.*missing key 'sharp\.npy'"):
         list(iter_samples(load_index(out)))
 
 
@@ -197,5 +259,6 @@ def test_index_json_lists_urls_relative_to_itself(real_mesh_folder, tiny_sizes, 
     run_build(good_items(real_mesh_folder, 2), BuildConfig(out=out, sizes=tiny_sizes))
     build_index(out)
     data = json.loads((out / "index.json").read_text())
-    assert data["schema_version"] == 1 and all("/" not in s["url"] for s in data["shards"])
+    assert data["schema_version"] == SCHEMA_VERSION == 2 and all("/" not in s["url"] for s in data["shards"])
+    assert data["sizes"]["sharp_points"] == tiny_sizes.sharp_points
     assert sum(s["count"] for s in data["shards"]) == 2

@@ -11,6 +11,10 @@ Conventions used everywhere, marching cubes included:
   (z, y, x) axis flip, and PyMCubes' vertex indices map back with the same formula.
 - Signed distance is negative inside and truncated to [-truncation, truncation] in every stored
   array (`sdf.npy`, `query.npy`, triplane channel 0).
+- Sharp-edge points (`sharp.npy`, schema 2): points on the edges whose two faces' normals differ by
+  more than `Sizes.sharp_angle` degrees, with the unit bisector of those normals
+  (`native3d.geometry.sampling.sample_sharp`). A set built with `sharp_points=0`, and every
+  schema-1 set, has no `sharp.npy`.
 - Triplane planes are ordered (xy, xz, yz); the plane named `ab` is indexed [a, b] and reduces the
   grid along the remaining axis. Channels: 0 = the minimum SDF along that axis, 1 = the fraction
   of samples along that axis that are inside (sdf < 0).
@@ -25,7 +29,8 @@ import numpy as np
 
 from native3d.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added sharp.npy
+READABLE_SCHEMA_VERSIONS = (1, 2)  # a schema-1 set reads as one with sharp_points=0
 
 NORMALIZED_HALF_EXTENT = 0.9  # longest bounding-box side spans [-0.9, 0.9]
 TRIPLANE_PLANES = ("xy", "xz", "yz")
@@ -43,6 +48,8 @@ class Sizes:
     view_size: int = 128  # H = W
     truncation: float = 0.1  # |sdf| is clamped to this, in normalized units
     near_surface_sigmas: tuple[float, float] = (0.01, 0.04)
+    sharp_points: int = 2048  # S: points on sharp edges; 0 writes no sharp.npy
+    sharp_angle: float = 15.0  # degrees between adjacent face normals above which an edge is sharp
 
     def __post_init__(self) -> None:
         for name in ("surface_points", "grid_resolution", "query_points", "view_size"):
@@ -54,6 +61,10 @@ class Sizes:
             raise InputError("Sizes.grid_resolution must be at least 2")
         if self.truncation <= 0:
             raise InputError("Sizes.truncation must be positive")
+        if self.sharp_points < 0:
+            raise InputError(f"Sizes.sharp_points must be >= 0, got {self.sharp_points}")
+        if not 0 < self.sharp_angle < 180:
+            raise InputError(f"Sizes.sharp_angle must be in (0, 180) degrees, got {self.sharp_angle}")
         object.__setattr__(self, "near_surface_sigmas", tuple(float(s) for s in self.near_surface_sigmas))
 
     def to_dict(self) -> dict:
@@ -62,7 +73,8 @@ class Sizes:
     @classmethod
     def from_dict(cls, data: dict) -> Sizes:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        # Sizes recorded before sharp_points existed (schema 1) describe sets without sharp.npy.
+        return cls(**{"sharp_points": 0, **{k: v for k, v in data.items() if k in known}})
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class ArraySpec:
 
 ARRAY_KEYS: dict[str, ArraySpec] = {
     "surface.npy": ArraySpec(np.dtype("<f2"), ("N", 6)),  # xyz + unit normal
+    "sharp.npy": ArraySpec(np.dtype("<f2"), ("S", 6)),  # xyz + unit normal, on sharp edges; optional
     "sdf.npy": ArraySpec(np.dtype("<f2"), ("R", "R", "R")),
     "query.npy": ArraySpec(np.dtype("<f2"), ("Q", 4)),  # xyz + signed distance
     "triplane.npy": ArraySpec(np.dtype("<f2"), (3, len(TRIPLANE_CHANNELS), "R", "R")),
@@ -81,11 +94,23 @@ ARRAY_KEYS: dict[str, ArraySpec] = {
 TEXT_KEYS = ("caption.txt",)
 JSON_KEYS = ("meta.json",)
 SAMPLE_KEYS = tuple(ARRAY_KEYS) + TEXT_KEYS + JSON_KEYS
+OPTIONAL_KEYS = {"sharp.npy": "sharp_points"}  # key -> the size that is 0 where a set lacks it
+
+
+def array_keys(sizes: Sizes) -> tuple[str, ...]:
+    """The array keys that every sample of a set with these sizes holds."""
+    return tuple(k for k in ARRAY_KEYS if k not in OPTIONAL_KEYS or getattr(sizes, OPTIONAL_KEYS[k]) > 0)
+
+
+def sample_keys(sizes: Sizes) -> tuple[str, ...]:
+    """Every key that every sample of a set with these sizes holds."""
+    return array_keys(sizes) + TEXT_KEYS + JSON_KEYS
 
 
 def expected_shape(key: str, sizes: Sizes) -> tuple[int, ...]:
     letters = {
         "N": sizes.surface_points,
+        "S": sizes.sharp_points,
         "R": sizes.grid_resolution,
         "Q": sizes.query_points,
         "V": sizes.views,
@@ -123,11 +148,11 @@ def validate_sample(sample: dict, sizes: Sizes, where: str) -> None:
 
     `where` names the sample in errors, e.g. "shard 0000-000003.tar, sample 1a2b".
     """
-    for key in SAMPLE_KEYS:
+    for key in sample_keys(sizes):
         if key not in sample:
             raise SchemaError(f"{where}: missing key {key!r}")
-    for key, spec in ARRAY_KEYS.items():
-        array = sample[key]
+    for key in array_keys(sizes):
+        array, spec = sample[key], ARRAY_KEYS[key]
         if not isinstance(array, np.ndarray):
             raise SchemaError(f"{where}: key {key!r} is {type(array).__name__}, not an array")
         if array.dtype != spec.dtype:

@@ -28,12 +28,12 @@ import numpy as np
 import webdataset as wds
 
 from native3d.data.schema import (
-    SAMPLE_KEYS,
-    SCHEMA_VERSION,
+    READABLE_SCHEMA_VERSIONS,
     DamagedShardError,
     SchemaError,
     Sizes,
     encode_json,
+    sample_keys,
     validate_sample,
 )
 from native3d.errors import MissingFileError
@@ -169,8 +169,8 @@ def sample_location(raw: dict) -> str:
 
 
 def decode_sample(raw: dict, sizes: Sizes) -> dict:
-    """Decodes one raw sample of a shard set and validates it against the schema."""
-    sample = decode_members(raw, SAMPLE_KEYS)
+    """Decodes one raw sample of a shard set and validates it against the schema (the keys its sizes call for)."""
+    sample = decode_members(raw, sample_keys(sizes))
     validate_sample(sample, sizes, sample_location(raw))
     return sample
 
@@ -241,9 +241,9 @@ def load_index(path: str | os.PathLike) -> ShardIndex:
         info = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as error:
         raise SchemaError(f"{path}: not a readable index.json ({error})") from error
-    if info.get("schema_version") != SCHEMA_VERSION:
+    if info.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         raise SchemaError(
-            f"{path}: schema_version {info.get('schema_version')}, this code reads {SCHEMA_VERSION}"
+            f"{path}: schema_version {info.get('schema_version')}, this code reads versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
         )
     shards = tuple((str(path.parent / s["url"]), int(s["count"])) for s in info["shards"])
     index = ShardIndex(root=path.parent, shards=shards, info=info)
