@@ -77,9 +77,7 @@ def primitive_shards(tmp_path_factory) -> Path:
         "1",
         "--view-size",
         "32",
-        "--sharp-points",
-        "128",
-    ]
+    ]  # and the default 2048 sharp points: tests/test_damaged_shards.py rebuilds this set with these sizes
     assert (
         prep(
             [

@@ -1,14 +1,19 @@
-"""The shard DataModule: rank and worker splitting, equal epoch lengths, validation read once."""
+"""The shard DataModule: rank and worker splitting, equal epoch lengths, validation read once,
+sharp-edge points where a set has them, and sets of schema 1."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from native3d.data.datamodule import ShapeSample, ShardDataModule, ShardStream
-from native3d.data.shards import load_index
+from native3d.data.datamodule import ShapeSample, ShardDataModule, ShardStream, require_sharp_points
+from native3d.data.schema import SchemaError
+from native3d.data.shards import iter_samples, load_index
+from native3d.errors import InputError
 
 
 def test_ranks_read_disjoint_shards_and_yield_equal_batch_counts(primitive_shards):
@@ -84,3 +89,77 @@ def test_training_reads_a_fresh_subset_of_the_surface_and_validation_all_of_it(p
 def test_more_surface_points_than_stored_is_an_error_naming_the_set(primitive_shards):
     with pytest.raises(ValueError, match=rf"{primitive_shards.name}.*surface_points=513.*512"):
         ShardDataModule(str(primitive_shards), surface_points=513)
+
+
+def test_batches_carry_the_sharp_points_and_training_draws_a_subset_of_them(primitive_shards):
+    data = ShardDataModule(
+        str(primitive_shards),
+        val=str(primitive_shards),
+        batch_size=4,
+        num_workers=0,
+        sharp_points=32,
+        shuffle_buffer=4,
+        batches_per_epoch=3,
+    )
+    stored = {i: s for b in data.val_dataloader() for i, s in zip(b["id"], b["sharp"])}
+    assert len(stored) == 24 and all(s.shape == (2048, 6) for s in stored.values()), "validation keeps all"
+    for batch in data.train_dataloader():
+        assert batch["sharp"].shape == (4, 32, 6) and batch["surface"].shape == (4, 512, 6)
+        for i, sharp in zip(batch["id"], batch["sharp"]):
+            rows = {tuple(r) for r in stored[i].tolist()}
+            assert {tuple(r) for r in sharp.tolist()} <= rows
+    whole = ShardDataModule(str(primitive_shards), batch_size=2, num_workers=0, batches_per_epoch=1)
+    assert next(iter(whole.train_dataloader()))["sharp"].shape == (2, 2048, 6), "without sharp_points: all"
+    with pytest.raises(InputError, match=rf"{primitive_shards.name}.*sharp_points=2049.*2048"):
+        ShardDataModule(str(primitive_shards), sharp_points=2049)
+
+
+@pytest.fixture(scope="module")
+def schema1_shards(tmp_path_factory) -> Path:
+    """A shard set as schema 1 wrote it: no sharp.npy, and no sharp sizes in its index.json."""
+    from data_prep.cli import main as prep
+
+    out = tmp_path_factory.mktemp("schema1_shards")
+    sizes = ["--surface-points", "64", "--grid-resolution", "8", "--query-points", "64", "--views", "0"]
+    build = ["build", "--source", "primitives", "--count", "4", "--out", str(out), "--shard-size", "2"]
+    assert prep([*build, *sizes, "--sharp-points", "0"]) == 0
+    assert prep(["index", "--out", str(out)]) == 0
+    info = json.loads((out / "index.json").read_text())
+    assert info["sizes"].pop("sharp_points") == 0 and info["sizes"].pop("sharp_angle") == 15.0
+    (out / "index.json").write_text(json.dumps({**info, "schema_version": 1}))
+    return out
+
+
+def test_a_schema_1_set_reads_and_asking_it_for_sharp_points_is_a_one_line_error(schema1_shards):
+    index = load_index(schema1_shards)
+    assert index.info["schema_version"] == 1 and index.sizes.sharp_points == 0
+    samples = list(iter_samples(index))
+    assert len(samples) == 4 and not any("sharp.npy" in s for s in samples)
+    data = ShardDataModule(str(schema1_shards), batch_size=2, num_workers=0, batches_per_epoch=2)
+    batches = list(data.train_dataloader())
+    assert len(batches) == 2 and all("sharp" not in b and b["surface"].shape == (2, 64, 6) for b in batches)
+    for ask in (
+        lambda: ShardDataModule(str(schema1_shards), sharp_points=16),
+        lambda: require_sharp_points(index),
+    ):
+        with pytest.raises(InputError, match=rf"{schema1_shards}.*schema_version 1.*--sharp-points") as error:
+            ask()
+        assert "\n" not in str(error.value)
+
+
+def test_a_set_built_without_sharp_points_names_the_rebuild_and_unknown_versions_are_refused(
+    schema1_shards, tmp_path
+):
+    info = json.loads((schema1_shards / "index.json").read_text())
+    for version, sizes in ((2, {**info["sizes"], "sharp_points": 0}), (3, info["sizes"])):
+        folder = tmp_path / f"v{version}"
+        folder.mkdir()
+        for shard in schema1_shards.glob("*.tar"):
+            (folder / shard.name).write_bytes(shard.read_bytes())
+        (folder / "index.json").write_text(json.dumps({**info, "schema_version": version, "sizes": sizes}))
+        if version == 3:
+            with pytest.raises(SchemaError, match="schema_version 3, this code reads versions 1, 2"):
+                load_index(folder)
+            continue
+        with pytest.raises(InputError, match=rf"{folder}.*no sharp-edge points.*--sharp-points"):
+            ShardDataModule(str(folder), val=str(schema1_shards), sharp_points=8)

@@ -319,7 +319,7 @@ def test_every_source_builds_shards_that_read_back(
     source, sources_objaverse_cache, sources_restore_objaverse, sources_local_folder, tmp_path
 ):
     from data_prep.cli import main as prep
-    from native3d.data.schema import ARRAY_KEYS, Sizes, expected_shape
+    from native3d.data.schema import ARRAY_KEYS, Sizes, array_keys, expected_shape
     from native3d.data.shards import iter_samples
 
     options = {
@@ -328,7 +328,9 @@ def test_every_source_builds_shards_that_read_back(
         "primitives": ["--count", "2"],
         "local": ["--root", sources_local_folder],
     }[source]
-    sizes = Sizes(surface_points=128, grid_resolution=12, query_points=256, views=1, view_size=24)
+    sizes = Sizes(
+        surface_points=128, grid_resolution=12, query_points=256, views=1, view_size=24, sharp_points=32
+    )
     out = tmp_path / "shards"
     size_args = [
         "--surface-points",
@@ -341,6 +343,8 @@ def test_every_source_builds_shards_that_read_back(
         "1",
         "--view-size",
         "24",
+        "--sharp-points",
+        "32",
     ]
     assert prep(["build", "--source", source, *options, "--limit", "2", "--out", str(out), *size_args]) == 0
     assert prep(["index", "--out", str(out)]) == 0
@@ -348,7 +352,8 @@ def test_every_source_builds_shards_that_read_back(
     assert len(samples) == 2
     for sample in samples:
         assert sample["meta.json"]["source"] == source
-        for key in ARRAY_KEYS:
+        assert sample["meta.json"]["sharp_source"] in ("edges", "curvature", "uniform")
+        for key in array_keys(sizes):
             assert (
                 sample[key].shape == expected_shape(key, sizes) and sample[key].dtype == ARRAY_KEYS[key].dtype
             )

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 ARRAY_FIELDS = {
     "surface.npy": "surface",
+    "sharp.npy": "sharp",  # only in sets built with sharp points (schema 2, --sharp-points > 0)
     "sdf.npy": "sdf",
     "query.npy": "query",
     "triplane.npy": "triplane",
@@ -58,13 +59,20 @@ ARRAY_FIELDS = {
 
 
 def sample_to_tensors(
-    sample: dict, query_points: int | None, rng: np.random.Generator, surface_points: int | None = None
+    sample: dict,
+    query_points: int | None,
+    rng: np.random.Generator,
+    surface_points: int | None = None,
+    sharp_points: int | None = None,
 ) -> dict:
-    """A decoded sample as float32 tensors; `query_points` / `surface_points` draw a random subset of
-    the queries / surface points."""
+    """A decoded sample as float32 tensors; `query_points` / `surface_points` / `sharp_points` draw a
+    random subset of the queries / surface points / sharp-edge points. `sharp` is there only where the
+    sample holds `sharp.npy`."""
     out: dict[str, object] = {"id": sample["__key__"], "caption": sample["caption.txt"]}
-    subset = {"query": query_points, "surface": surface_points}
+    subset = {"query": query_points, "surface": surface_points, "sharp": sharp_points}
     for key, name in ARRAY_FIELDS.items():
+        if key not in sample:  # an optional key (the schema's OPTIONAL_KEYS) the set was built without
+            continue
         array = sample[key]
         count = subset.get(name)
         if count is not None and count < len(array):
@@ -84,9 +92,11 @@ class ShapeSample:
     sizes: Sizes
     query_points: int | None = None
     surface_points: int | None = None
+    sharp_points: int | None = None
 
     def __call__(self, raw: dict, rng: np.random.Generator) -> dict:
-        return sample_to_tensors(decode_sample(raw, self.sizes), self.query_points, rng, self.surface_points)
+        sample = decode_sample(raw, self.sizes)
+        return sample_to_tensors(sample, self.query_points, rng, self.surface_points, self.sharp_points)
 
 
 @dataclass(frozen=True)
@@ -238,6 +248,24 @@ class ShardStream(IterableDataset):
             yield collate(batch)
 
 
+def require_sharp_points(index: ShardIndex, count: int | None = None) -> None:
+    """Raises a one-line `InputError` unless every shape of the set holds (at least `count`) sharp-edge points.
+
+    For anything that reads `sharp` from a batch: sets of schema 1, or built with `--sharp-points 0`,
+    have none.
+    """
+    stored = index.sizes.sharp_points
+    if stored == 0:
+        raise InputError(
+            f"{index.root}: its shapes hold no sharp-edge points (sharp.npy; schema_version "
+            f"{index.info.get('schema_version')}); rebuild it with `python -m data_prep build --sharp-points S`"
+        )
+    if count is not None and not 0 < count <= stored:
+        raise InputError(
+            f"{index.root}: sharp_points={count}, but its shapes hold {stored} sharp-edge points"
+        )
+
+
 def hold_out(index: ShardIndex, count: int) -> tuple[ShardIndex, ShardIndex]:
     """Splits off the last `count` shards of a set as its held-out part."""
     if count >= len(index.shards):
@@ -252,7 +280,9 @@ class ShardDataModule(L.LightningDataModule):
     Training reads a fresh random subset of `query_points` queries and, if set, of `surface_points`
     surface points of every shape each time it reads the shape: a point encoder then never sees the
     same input cloud twice, as 3DShape2VecSet draws its input from a larger surface sample.
-    Validation reads every query and surface point. `on_corrupt_shard` says what a damaged shard
+    `sharp_points` does the same for the sharp-edge points (`sharp`, Dora's salient points); setting
+    it requires a set built with them (`require_sharp_points`). Without it, `sharp` is in the batch,
+    whole, wherever the set holds it. Validation reads every query, surface and sharp point. `on_corrupt_shard` says what a damaged shard
     does: "stop" the run (the default) or "skip" the rest of it, recorded in `skipped_shards.jsonl`.
     """
 
@@ -269,6 +299,7 @@ class ShardDataModule(L.LightningDataModule):
         batches_per_epoch: int = 1000,
         seed: int = 0,
         on_corrupt_shard: Literal["stop", "skip"] = "stop",
+        sharp_points: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -280,6 +311,10 @@ class ShardDataModule(L.LightningDataModule):
             raise InputError(
                 f"{train}: surface_points={surface_points}, but its shapes hold {self.sizes.surface_points} surface points"
             )
+        if sharp_points is not None:
+            for index in (self.train_index, self.val_index):
+                if index is not None:
+                    require_sharp_points(index, sharp_points)
 
     @property
     def sizes(self):
@@ -293,11 +328,12 @@ class ShardDataModule(L.LightningDataModule):
         return 0, 1
 
     def converter(self, index: ShardIndex, train: bool) -> Callable[[dict, np.random.Generator], dict]:
-        # Validation keeps every query (its first half is the uniform set that volume IoU reads) and surface point.
+        # Validation keeps every query (its first half is the uniform set that volume IoU reads), surface
+        # and sharp point.
         hp = self.hparams
-        return ShapeSample(
-            index.sizes, hp.query_points if train else None, hp.surface_points if train else None
-        )
+        if not train:
+            return ShapeSample(index.sizes)
+        return ShapeSample(index.sizes, hp.query_points, hp.surface_points, hp.sharp_points)
 
     def stream(self, index: ShardIndex, train: bool) -> ShardStream:
         hp = self.hparams
