@@ -1,7 +1,8 @@
 """Data-prep throughput and sign quality on a fixed list of pybullet_data meshes, on one core.
 
 For each mesh, the full record except views (load, normalize, surface samples, SDF grid, SDF
-queries, triplane) at the default `Sizes()` is built with `native3d.geometry`, and compared,
+queries, sharp-edge samples, triplane) at the default `Sizes()` is built with `native3d.geometry`
+stage by stage as `data_prep.stages` builds it, each stage timed, and compared,
 on the same mesh and the same points, with
   (a) the naive way with trimesh alone: `trimesh.sample.sample_surface` and
       `trimesh.proximity.signed_distance` for the grid and the queries;
@@ -10,7 +11,8 @@ on the same mesh and the same points, with
 Sign quality is agreement with the exact generalized winding number (`igl.winding_number`,
 inside where |w| > 0.5) on the grid and query points. Views are timed on their own.
 
-    .venv/bin/python benchmarks/data_prep.py
+    .venv/bin/python benchmarks/data_prep.py                       # everything, minutes
+    .venv/bin/python benchmarks/data_prep.py --stages-only --limit 5  # our stage timings only, seconds
 
 The naive pipeline costs minutes per mesh, so it runs on every mesh but only on a strided subset
 of the points (NAIVE_GRID_STRIDE, NAIVE_QUERY_STRIDE); its time is scaled up by the point count
@@ -25,6 +27,7 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "IGL_NUM_THREADS"):
     os.environ[_var] = "1"  # one core: libigl's parallel_for reads IGL_NUM_THREADS
 
+import argparse  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -36,7 +39,7 @@ import trimesh  # noqa: E402
 from native3d.data.schema import Sizes, grid_points  # noqa: E402
 from native3d.geometry.mesh import load_mesh, normalize  # noqa: E402
 from native3d.geometry.render import fixed_cameras, render_views  # noqa: E402
-from native3d.geometry.sampling import sample_queries, sample_surface  # noqa: E402
+from native3d.geometry.sampling import sample_queries, sample_sharp, sample_surface  # noqa: E402
 from native3d.geometry.sdf import sdf_grid, signed_distance  # noqa: E402
 from native3d.geometry.triplane import project_triplane  # noqa: E402
 
@@ -70,12 +73,20 @@ SEED = 0
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=len(MESHES), help="the first K meshes of the list")
+    parser.add_argument(
+        "--stages-only", action="store_true", help="time our stages only, without trimesh/igl or signs"
+    )
+    args = parser.parse_args()
     sizes = Sizes()
-    rows = [measure(relative, sizes) for relative in MESHES]
-    print_table(rows, sizes)
+    rows = [measure(relative, sizes, not args.stages_only) for relative in MESHES[: args.limit]]
+    print_stages(rows, sizes)
+    if not args.stages_only:
+        print_table(rows, sizes)
 
 
-def measure(relative: str, sizes: Sizes) -> dict:
+def measure(relative: str, sizes: Sizes, compare: bool = True) -> dict:
     path = Path(pybullet_data.getDataPath()) / relative
     rng = np.random.default_rng(SEED)
     t, row = {}, {"mesh": relative}
@@ -84,6 +95,7 @@ def measure(relative: str, sizes: Sizes) -> dict:
     t["load"] = lap(start)
     start = time.perf_counter()
     mesh, _ = normalize(mesh)
+    merged = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)  # the build's normalize stage makes it
     t["normalize"] = lap(start)
     v, f, trunc = mesh.vertices, mesh.faces, sizes.truncation
     start = time.perf_counter()
@@ -96,9 +108,16 @@ def measure(relative: str, sizes: Sizes) -> dict:
     query = sample_queries(v, f, sizes.query_points, sizes.near_surface_sigmas, trunc, rng)
     t["query"] = lap(start)
     start = time.perf_counter()
+    # its own generator, so the sign-agreement subset below stays the one earlier runs drew
+    sharp = sample_sharp(merged, sizes.sharp_points, sizes.sharp_angle, np.random.default_rng(SEED))
+    t["sharp"] = lap(start)
+    start = time.perf_counter()
     project_triplane(grid)
     t["triplane"] = lap(start)
     row["faces"], row["stages"], row["record"] = len(f), t, sum(t.values())
+    row["sharp_source"], row["sharp_edges"] = sharp.source, sharp.sharp_edges
+    if not compare:
+        return row
 
     pts_grid, pts_query = grid_points(sizes.grid_resolution), query[:, :3].astype(np.float64)
     start = time.perf_counter()
@@ -164,8 +183,28 @@ def time_views(sizes: Sizes) -> float:
     return lap(start) / (len(meshes) * len(cameras))
 
 
-def print_table(rows: list[dict], sizes: Sizes) -> None:
+def print_stages(rows: list[dict], sizes: Sizes) -> None:
+    """Seconds per mesh of each stage of our record, and where the sharp-edge points came from."""
+    stages = list(rows[0]["stages"])
     print(f"Sizes: {sizes.to_dict()}; one core (OMP/MKL/OpenBLAS/IGL threads = 1)")
+    print(
+        f"{'mesh':40s} {'faces':>7s} "
+        + " ".join(f"{s:>9s}" for s in stages)
+        + f" {'sharp from':>10s} {'edges':>6s}"
+    )
+    for r in rows:
+        cells = " ".join(f"{r['stages'][s]:9.4f}" for s in stages)
+        print(f"{r['mesh']:40s} {r['faces']:7d} {cells} {r['sharp_source']:>10s} {r['sharp_edges']:6d}")
+    mean = {s: sum(r["stages"][s] for r in rows) / len(rows) for s in stages}
+    print(f"{'mean s per mesh':48s} " + " ".join(f"{mean[s]:9.4f}" for s in stages))
+    print(
+        f"sharp stage: {1000 * mean['sharp']:.1f} ms per mesh on average, "
+        f"max {1000 * max(r['stages']['sharp'] for r in rows):.1f} ms ({sizes.sharp_points} points, "
+        f"{sizes.sharp_angle} degrees), {100 * mean['sharp'] / sum(mean.values()):.1f}% of the record"
+    )
+
+
+def print_table(rows: list[dict], sizes: Sizes) -> None:
     print(
         f"{'mesh':40s} {'faces':>7s} {'record s':>9s} {'sdf s':>7s} {'igl s':>7s} {'naive s*':>9s} {'agree':>8s} {'away':>8s}"
     )
