@@ -108,12 +108,14 @@ def test_sharp_points_of_a_box_lie_on_its_edges_length_weighted_with_bisector_no
     assert len(np.unique(np.round(pts[along_z, 2], 3))) > 500, "spread along the edges, not at points"
 
 
-def test_sharp_edges_of_a_real_cube_with_split_vertices_and_one_face_wound_backwards():
+def test_sharp_edges_of_a_real_cube_with_split_vertices_a_face_wound_backwards_and_a_degenerate_face():
     cube, _ = normalize(load_mesh(Path(pybullet_data.getDataPath()) / "cube.obj"))
     assert len(cube.vertices) == 24  # every face has its own corners: no adjacency until merged
     faces = np.array(cube.faces)
     faces[0] = faces[0][::-1]  # an inconsistently wound face: its normal points inwards
-    for mesh in (cube, trimesh.Trimesh(cube.vertices, faces, process=False)):
+    sliver = np.vstack([cube.faces, cube.faces[:1, [0, 1, 1]]])  # zero area, on an edge: a third face there
+    variants = (cube.faces, faces, sliver)
+    for mesh in (trimesh.Trimesh(cube.vertices, f, process=False) for f in variants):
         merged = trimesh.Trimesh(mesh.vertices, mesh.faces, process=True)
         sharp = sample_sharp(merged, 500, 15.0, np.random.default_rng(1))
         assert sharp.source == "edges" and sharp.sharp_edges == 12

@@ -62,6 +62,9 @@ def sample_sharp(
     `mesh` must have merged vertices (`trimesh.Trimesh(v, f, process=True)`): trimesh finds adjacent
     faces through shared vertex indices. Boundary and non-manifold edges are not considered.
     """
+    keep = mesh.nondegenerate_faces()
+    if not keep.all():  # a zero-area face on an edge would make it non-manifold, and hide it
+        mesh = trimesh.Trimesh(mesh.vertices, mesh.faces[keep], process=False)
     edges = interior_edges(mesh)
     length = np.linalg.norm(edges.ends[:, 1] - edges.ends[:, 0], axis=1)  # (E,)
     sharp = edges.angle > np.radians(angle_deg)
