@@ -249,7 +249,7 @@ class ShardStream(IterableDataset):
 
 
 def require_sharp_points(index: ShardIndex, count: int | None = None) -> None:
-    """Raises a one-line `InputError` unless every shape of the set holds (at least `count`) sharp-edge points.
+    """A one-line `InputError` unless the set's shapes hold sharp-edge points (at least `count`).
 
     For anything that reads `sharp` from a batch: sets of schema 1, or built with `--sharp-points 0`,
     have none.
@@ -282,8 +282,9 @@ class ShardDataModule(L.LightningDataModule):
     same input cloud twice, as 3DShape2VecSet draws its input from a larger surface sample.
     `sharp_points` does the same for the sharp-edge points (`sharp`, Dora's salient points); setting
     it requires a set built with them (`require_sharp_points`). Without it, `sharp` is in the batch,
-    whole, wherever the set holds it. Validation reads every query, surface and sharp point. `on_corrupt_shard` says what a damaged shard
-    does: "stop" the run (the default) or "skip" the rest of it, recorded in `skipped_shards.jsonl`.
+    whole, wherever the set holds it. Validation reads every query, surface and sharp point.
+    `on_corrupt_shard` says what a damaged shard does: "stop" the run (the default) or "skip" the rest
+    of it, recorded in `skipped_shards.jsonl`.
     """
 
     def __init__(
