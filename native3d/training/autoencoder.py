@@ -8,6 +8,8 @@ their surface points, with a PNG of them. Before every checkpoint the latent sta
 numbers its diffusion models normalize with. `optimizer` picks AdamW or
 Muon + AdamW (`native3d.training.optim`). `augment` trains on each batch mapped by random symmetries
 of the cube (`native3d.geometry.symmetry`: exact for every field, so the labels stay right).
+`compile: true` compiles the autoencoder's forward (`torch.compile`, in place, so checkpoint keys
+do not change) when training sets the model up.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class AutoencoderModule(L.LightningModule):
         mesh_resolution: int = 64,
         stats_batches: int = 16,
         augment: Symmetries = "none",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         # Through LightningCLI the hyperparameters hold the autoencoder's class_path and init_args,
@@ -55,6 +58,12 @@ class AutoencoderModule(L.LightningModule):
         self.save_hyperparameters()
         self.autoencoder = autoencoder
         self._stats_step = -1
+        self._compiled = False
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and not self._compiled:
+            self.autoencoder.compile()
+            self._compiled = True
 
     def step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         hp = self.hparams

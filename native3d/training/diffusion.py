@@ -9,6 +9,8 @@ draws a posterior sample and standardizes it with the autoencoder's statistics (
 guidance (Ho & Salimans 2022). Sampling takes a sampler by name (`sampler: heun`; the default is
 euler for rectified flow, dpm++ for DDPM; see `native3d.diffusion.samplers`). The frozen autoencoder's weights travel in the checkpoint, so a
 diffusion checkpoint samples meshes on its own; a frozen text encoder is re-loaded by name.
+`compile: true` compiles the backbone (`torch.compile`, in place, so checkpoint keys do not change)
+when training sets the model up.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class LatentDiffusion(L.LightningModule):
         mesh_resolution: int = 64,
         ema_decay: float = 0.999,
         autoencoder_config: dict | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -72,6 +75,13 @@ class LatentDiffusion(L.LightningModule):
         self.sampler = resolve_sampler(sampler, self.objective.schedule)  # euler for flow, dpm++ for DDPM
         check_backbone(self.backbone, self.latent_shape)
         self._val_count = 0
+        self._compiled = False
+
+    def configure_model(self) -> None:
+        # Also called by the EMA callback before it copies the model, hence the guard.
+        if self.hparams.compile and not self._compiled:
+            self.backbone.compile()
+            self._compiled = True
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
