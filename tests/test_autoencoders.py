@@ -261,6 +261,17 @@ def test_farthest_point_sampling_spreads_out():
     assert (farthest_point_sample(points, 16)[:, 0] == 0).all()
 
 
+def test_fpsample_and_the_torch_loop_pick_the_same_points_in_the_same_order():
+    from native3d.autoencoders.fps import farthest_point_sample_cpu, farthest_point_sample_torch
+
+    points = torch.rand(2, 3000, 3, generator=torch.Generator().manual_seed(1))
+    start = torch.tensor([0, 1234])
+    fast = farthest_point_sample_cpu(points, 100, start)
+    assert fast.dtype == torch.long and (fast[:, 0] == start).all()
+    torch.testing.assert_close(fast, farthest_point_sample_torch(points, 100, start))
+    torch.testing.assert_close(fast[:, :40], farthest_point_sample_cpu(points, 40, start))  # a prefix
+
+
 def test_sample_volume_follows_schema_axis_order():
     axis = torch.as_tensor(grid_coords(9), dtype=torch.float32)
     x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")

@@ -11,41 +11,14 @@ cross-attend to the result to read out signed distance.
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import DiagonalGaussian, LatentAutoencoder
 from native3d.autoencoders.decoders import QueryCrossAttentionHead
+from native3d.autoencoders.fps import farthest_point_sample
 from native3d.nn.attention import TransformerBlock
 from native3d.nn.embeddings import FourierPointEmbedding
-
-
-@torch.no_grad()
-def farthest_point_sample(
-    points: Float[Tensor, "B N 3"], num_samples: int, random_start: bool = False
-) -> Int[Tensor, "B M"]:
-    """Indices of `num_samples` points chosen greedily to be farthest from those already chosen.
-
-    Starts from point 0, or from a random point per sample (global torch RNG, so deterministic
-    under `torch.manual_seed`). O(M N) work in M sequential steps.
-    """
-    B, N, _ = points.shape
-    if num_samples > N:
-        raise ValueError(f"cannot pick {num_samples} points out of {N}")
-    points = points.float()
-    batch = torch.arange(B, device=points.device)
-    if random_start:
-        farthest = torch.randint(N, (B,), device=points.device)
-    else:
-        farthest = torch.zeros(B, dtype=torch.long, device=points.device)
-    indices = torch.empty(B, num_samples, dtype=torch.long, device=points.device)
-    distance = torch.full((B, N), float("inf"), device=points.device)
-    for i in range(num_samples):
-        indices[:, i] = farthest
-        centre = points[batch, farthest]  # (B, 3)
-        distance = torch.minimum(distance, (points - centre[:, None]).square().sum(-1))
-        farthest = distance.argmax(dim=-1)
-    return indices
 
 
 class VecSetVAE(LatentAutoencoder):
