@@ -7,7 +7,9 @@ et al. 2019) and DeepSDF (Park et al. 2019): it is queried at arbitrary 3-D poin
   EG3D, Chan et al. 2022), following the grid and plane conventions of `native3d.data.schema`.
 - `ImplicitMLPHead` maps interpolated features plus Fourier features of the point to SDF.
 - `QueryCrossAttentionHead` is the 3DShape2VecSet decoder (Zhang et al. 2023, sec. 4.3): the
-  embedded query point cross-attends to the latent tokens.
+  embedded query point cross-attends to the latent tokens. `select_tokens` is FlashVDM's adaptive
+  KV selection (Lai et al. 2025, sec. 3.3): the tokens that a region's coarse queries attend to
+  most, so that the region's fine queries can attend to those alone.
 """
 
 from __future__ import annotations
@@ -114,6 +116,38 @@ class QueryCrossAttentionHead(nn.Module):
         with sdpa_kernel(SDPBackend.MATH) if points.requires_grad else nullcontext():
             x = self.cross(self.point_embed(points), context=tokens)  # (B, Q, C)
         return self.out(self.norm(x)).squeeze(-1)
+
+    def attention_weights(
+        self, tokens: Float[Tensor, "B M C"], points: Float[Tensor, "B Q 3"]
+    ) -> Float[Tensor, "B Q M"]:
+        """How much each query point attends to each token, averaged over heads (the softmax of
+        the head's cross-attention, whose output `forward` computes with a fused kernel)."""
+        block, attention = self.cross, self.cross.cross_attn
+        q = rearrange(
+            attention.to_q(block.norm_cross(self.point_embed(points))),
+            "B Q (h d) -> B h Q d",
+            h=attention.heads,
+        )
+        k = attention.to_kv(block.norm_context(tokens))[..., : q.shape[1] * q.shape[-1]]  # (B, M, C)
+        k = rearrange(k, "B M (h d) -> B h M d", h=attention.heads)
+        q, k = attention.q_norm(q), attention.k_norm(k)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, h, Q, M)
+        return weights.mean(dim=1)
+
+    def select_tokens(
+        self, tokens: Float[Tensor, "B M C"], anchors: Float[Tensor, "B A 3"], k: int
+    ) -> Float[Tensor, "B k C"]:
+        """The `k` tokens with the most attention from the anchor points, kept in their order.
+
+        Attention is summed over the anchors, so the chosen tokens carry the most of the region's
+        attention mass; what the rest carried is what the fine queries lose. With k >= M the
+        tokens come back unchanged.
+        """
+        if k >= tokens.shape[1]:
+            return tokens
+        mass = self.attention_weights(tokens, anchors).sum(dim=1)  # (B, M)
+        index = mass.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)
+        return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
 def aggregate_planes(features: Float[Tensor, "B Q P C"], mode: Literal["sum", "concat"]) -> Tensor:

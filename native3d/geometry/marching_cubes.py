@@ -11,13 +11,20 @@ surface, and evaluate the finer grid inside those cells alone. A cell of side h 
 zero level set only if a corner is within h*sqrt(3)/2 of it, so cells whose corners all have
 |sdf| above that bound (with a safety factor for fields that are not exact distances) and the same
 sign are skipped; their fine samples take trilinear estimates, which keep the sign, so marching
-cubes puts no triangle there.
+cubes puts no triangle there. The fine samples that coincide with coarse ones are not asked again.
+
+A field may also specialise itself to a region of space (`RegionalField.refine`): then every
+level's samples are evaluated region by region, a region being a block of `region` x `region` x
+`region` start-grid cells, and the field is handed the region's start-grid samples first. This is
+what FlashVDM's adaptive KV selection needs: a VecSet decoder picks the latent tokens that the
+region's coarse samples attend to and lets the region's fine samples attend to those alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import mcubes
 import numpy as np
@@ -27,6 +34,17 @@ import torch.nn.functional as F
 from native3d.data.schema import grid_points, index_to_coord
 
 Field = Callable[[np.ndarray], np.ndarray]
+
+
+@runtime_checkable
+class RegionalField(Protocol):
+    """A field that can narrow itself to one region of space before the region is refined."""
+
+    def __call__(self, points: np.ndarray) -> np.ndarray: ...
+
+    def refine(self, anchors: np.ndarray) -> Field:
+        """A field for the points of the region whose start-grid samples are `anchors` (A, 3)."""
+        ...
 
 
 class NoSurfaceError(ValueError):
@@ -58,9 +76,17 @@ def dense_grid(field: Field, resolution: int, chunk: int = 2**18) -> FieldGrid:
 
 
 def coarse_to_fine_grid(
-    field: Field, resolution: int, start_resolution: int = 32, safety: float = 1.5, chunk: int = 2**18
+    field: Field,
+    resolution: int,
+    start_resolution: int = 32,
+    safety: float = 1.5,
+    chunk: int = 2**18,
+    region: int = 4,
 ) -> FieldGrid:
-    """Evaluates `field` only near its zero level set; `resolution` / `start_resolution` must be a power of 2."""
+    """Evaluates `field` only near its zero level set; `resolution` / `start_resolution` must be a power of 2.
+
+    `region`: start-grid cells per axis of a region, for a `RegionalField` (ignored by other fields).
+    """
     levels = int(np.log2(resolution // start_resolution))
     if start_resolution * 2**levels != resolution:
         raise ValueError(
@@ -72,12 +98,35 @@ def coarse_to_fine_grid(
         cells = start_resolution * 2**level
         active = active_cells(values, cell_size=2.0 / (cells // 2), safety=safety)  # (c, c, c) coarse cells
         wanted = fine_samples_of(active)  # (2c+1,)^3 fine sample mask
+        wanted[::2, ::2, ::2] = False  # samples of the coarser grid: known already
         values = upsample(values, cells + 1)
-        index = np.argwhere(wanted)
-        points = index_to_coord(index, cells + 1).astype(np.float32)
-        values[wanted] = evaluate(field, points, chunk)
-        queries += len(points)
+        index = np.argwhere(wanted)  # (P, 3)
+        if isinstance(field, RegionalField):
+            values[tuple(index.T)] = evaluate_by_region(field, index, cells, start_resolution, region, chunk)
+        else:
+            values[wanted] = evaluate(field, index_to_coord(index, cells + 1).astype(np.float32), chunk)
+        queries += len(index)
     return FieldGrid(values, queries)
+
+
+def evaluate_by_region(
+    field: RegionalField, index: np.ndarray, cells: int, start_resolution: int, region: int, chunk: int
+) -> np.ndarray:
+    """The field at fine samples `index` (P, 3) of a `cells`^3 grid, one region of the start grid at a time."""
+    step = cells // start_resolution * region  # fine cells per region and axis
+    blocks = -(-start_resolution // region)
+    block = np.minimum(index // step, blocks - 1)  # (P, 3): the far face belongs to the last block
+    key = np.ravel_multi_index(tuple(block.T), (blocks,) * 3)
+    order = np.argsort(key, kind="stable")
+    out = np.empty(len(index), dtype=np.float32)
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    for group in np.split(order, bounds) if len(order) else []:
+        low = block[group[0]] * region  # the region's first start-grid sample per axis
+        axes = [np.arange(lo, min(lo + region, start_resolution) + 1) for lo in low]
+        anchors = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)  # (A, 3) start indices
+        regional = field.refine(index_to_coord(anchors, start_resolution + 1).astype(np.float32))
+        out[group] = evaluate(regional, index_to_coord(index[group], cells + 1).astype(np.float32), chunk)
+    return out
 
 
 def active_cells(values: np.ndarray, cell_size: float, safety: float) -> np.ndarray:
@@ -133,7 +182,11 @@ def coarsest_start(resolution: int, largest: int = 32) -> int:
 
 
 def extract_mesh(
-    field: Field, resolution: int, coarse_to_fine: bool = True, start_resolution: int = 32, chunk: int = 2**18
+    field: Field,
+    resolution: int,
+    coarse_to_fine: bool = True,
+    start_resolution: int = 32,
+    chunk: int = 2**18,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mesh of a field's zero level set at `resolution` cells per axis.
 
