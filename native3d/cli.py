@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--out", required=True)
     encode.add_argument("--batch-size", type=positive, default=16)
     encode.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    encode.add_argument(
+        "--tokens",
+        type=positive,
+        default=None,
+        help="VecSet only: latent tokens per shape (default: the model's num_latents)",
+    )
     sample = commands.add_parser("sample", help="meshes from a latent-diffusion checkpoint")
     sample.add_argument("--ckpt", required=True)
     add_sampling_arguments(sample)
@@ -174,7 +180,7 @@ def run(argv: list[str]) -> int:
     if args.command == "encode":
         from native3d.encode import encode_shard_set
 
-        info = encode_shard_set(args.ckpt, args.data, args.out, args.batch_size, args.device)
+        info = encode_shard_set(args.ckpt, args.data, args.out, args.batch_size, args.device, args.tokens)
         print(
             f"{args.out}/index.json: {info['num_samples']} latents of shape {tuple(info['latent_shape'])} in {len(info['shards'])} shards"
         )

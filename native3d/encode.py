@@ -4,7 +4,9 @@ Output shard i holds the latents of input shard i, so a shard is the unit of wor
 under a temporary name and renamed when complete, and a rerun skips the shards that exist and hold
 as many samples as their input shard (one that does not is encoded again). A manifest records the
 autoencoder by the digest of its weights, so a rerun whose checkpoint changed (a `last.ckpt` that
-trained on) is refused rather than mixing two latent spaces in one set.
+trained on) is refused rather than mixing two latent spaces in one set. `tokens` encodes a VecSet
+autoencoder at another token count than its `num_latents` (one trained with `train_tokens`); the
+latent shape in the manifest and the index is then (tokens, C).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from native3d.autoencoders.vecset import VecSetVAE
 from native3d.checkpoints import autoencoder_of, read_checkpoint_of_kind, weights_digest
 from native3d.data.datamodule import collate, sample_to_tensors
 from native3d.data.schema import SCHEMA_VERSION, DamagedShardError
@@ -38,7 +41,9 @@ IDENTITY = ("autoencoder_weights", "data", "latent_shape")  # what a rerun into 
 
 
 @torch.no_grad()
-def encode_shard(autoencoder, index, url: str, target: Path, batch_size: int) -> int:
+def encode_shard(
+    autoencoder, index, url: str, target: Path, batch_size: int, tokens: int | None = None
+) -> int:
     writer = AtomicShardWriter(target)
     device = autoencoder.latent_mean.device
     count = 0
@@ -47,7 +52,9 @@ def encode_shard(autoencoder, index, url: str, target: Path, batch_size: int) ->
         inputs = autoencoder.inputs_from_batch(
             {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         )
-        posterior = autoencoder.encode(inputs)
+        posterior = (
+            autoencoder.encode(inputs) if tokens is None else autoencoder.encode(inputs, num_tokens=tokens)
+        )
         mean, std = posterior.mean.float().cpu().numpy(), posterior.std.float().cpu().numpy()
         for i, sample in enumerate(samples):
             writer.write(
@@ -65,9 +72,16 @@ def encode_shard(autoencoder, index, url: str, target: Path, batch_size: int) ->
     return count
 
 
-def encode_shard_set(ckpt: str, data: str, out: str, batch_size: int = 16, device: str = "cpu") -> dict:
+def encode_shard_set(
+    ckpt: str, data: str, out: str, batch_size: int = 16, device: str = "cpu", tokens: int | None = None
+) -> dict:
     checkpoint = read_checkpoint_of_kind(ckpt, "autoencoder")
     autoencoder = autoencoder_of(checkpoint, device)
+    if tokens is not None and not isinstance(autoencoder, VecSetVAE):
+        raise InputError(
+            f"--tokens {tokens}: {ckpt} holds a {type(autoencoder).__name__}, whose latent has a fixed shape; "
+            "only a VecSet autoencoder encodes to a chosen token count"
+        )
     index = load_index(data)
     out = Path(out)
     manifest = {
@@ -75,7 +89,7 @@ def encode_shard_set(ckpt: str, data: str, out: str, batch_size: int = 16, devic
         "autoencoder_weights": weights_digest(autoencoder),
         "autoencoder_step": checkpoint.get("global_step"),
         "data": str(index.root.resolve()),
-        "latent_shape": list(autoencoder.latent_shape),
+        "latent_shape": latent_shape(autoencoder, tokens),
     }
     check_manifest(out / "encode.json", manifest)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +100,7 @@ def encode_shard_set(ckpt: str, data: str, out: str, batch_size: int = 16, devic
     for url, count in tqdm(index.shards, desc="encode", unit="shard"):
         target = out / Path(url).name
         if not encoded_already(target, count):
-            encode_shard(autoencoder, index, url, target, batch_size)
+            encode_shard(autoencoder, index, url, target, batch_size, tokens)
         shards.append(shard_entry(target, count))
     info = {
         "schema_version": SCHEMA_VERSION,
@@ -98,6 +112,12 @@ def encode_shard_set(ckpt: str, data: str, out: str, batch_size: int = 16, devic
     }
     write_index(out, info)
     return info
+
+
+def latent_shape(autoencoder, tokens: int | None) -> list[int]:
+    """The shape of one latent: the autoencoder's, with `tokens` as its token count where given."""
+    shape = list(autoencoder.latent_shape)
+    return shape if tokens is None else [tokens, *shape[1:]]
 
 
 def encoded_already(target: Path, count: int) -> bool:

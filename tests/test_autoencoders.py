@@ -522,3 +522,68 @@ def test_wrong_input_resolution_fails_loudly(batch):
         grid_tiny().encode(torch.zeros(1, 1, 16, 16, 16))
     with pytest.raises(ValueError):
         GridVAE(resolution=30, channels=(8, 16, 32))
+
+
+def test_vecset_trained_with_a_token_list_decodes_at_each_count(batch):
+    torch.manual_seed(0)
+    model = VecSetVAE(num_latents=32, latent_channels=4, width=32, heads=2, depth=1, train_tokens=[8, 16, 32])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    seen = set()
+    for _ in range(8):
+        sdf, target, posterior = run(model, batch)
+        seen.add(posterior.mean.shape[1])
+        autoencoder_loss(sdf, target, posterior, kl_weight=1e-3, clamp=TRUNCATION)["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert seen <= {8, 16, 32} and len(seen) > 1, "training draws its token count from the list"
+    model.eval()
+    inputs, (points, _) = model.inputs_from_batch(batch), model.queries_from_batch(batch)
+    assert model.encode(inputs).mean.shape == (B, 32, 4), "eval encodes num_latents tokens"
+    for M in (8, 16, 32, 12):
+        latent = model.encode(inputs, num_tokens=M).mode()
+        assert latent.shape == (B, M, 4)
+        sdf = model.decode(latent, points)
+        assert sdf.shape == (B, Q) and sdf.isfinite().all()
+
+
+def sharp_batch(batch: dict, S: int = 128) -> dict:
+    """The sphere batch with `sharp` (B, S, 6): points on its equator, as an edge would be."""
+    angle = torch.linspace(0, 2 * torch.pi, S + 1)[:S]
+    ring = torch.stack([angle.cos(), angle.sin(), torch.zeros(S)], -1) * RADIUS  # (S, 3)
+    sharp = torch.cat([ring, ring / RADIUS], -1).expand(B, S, 6)
+    return {**batch, "sharp": sharp.half()}
+
+
+def test_vecset_sharp_tokens_seed_from_the_sharp_points_and_attend_to_both_sets(batch, monkeypatch):
+    import native3d.autoencoders.vecset as vecset
+
+    drawn = []
+
+    def recording(points, count, random_start=False):
+        drawn.append((points.shape[1], count))
+        return farthest_point_sample(points, count, random_start)
+
+    monkeypatch.setattr(vecset, "farthest_point_sample", recording)
+    model = VecSetVAE(num_latents=32, latent_channels=4, width=32, heads=2, depth=1, sharp_tokens=8).eval()
+    sharp = sharp_batch(batch)
+    inputs = model.inputs_from_batch(sharp)
+    latent = model.encode(inputs).mode()
+    assert latent.shape == (B, 32, 4) and drawn == [(N, 24), (128, 8)]
+    drawn.clear()
+    assert model.encode(inputs, num_tokens=16).mean.shape == (B, 16, 4)
+    assert drawn == [(N, 12), (128, 4)], "the sharp share stays sharp_tokens / num_latents"
+    moved = {**sharp, "sharp": sharp["sharp"].clone()}
+    moved["sharp"][..., 2] += 0.1
+    assert not torch.allclose(model.encode(model.inputs_from_batch(moved)).mode(), latent)
+    sdf, _, _ = run(model, sharp)
+    assert sdf.shape == (B, Q) and sdf.isfinite().all()
+
+
+def test_vecset_sharp_tokens_name_the_missing_batch_key(batch):
+    from native3d.errors import InputError
+
+    model = VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, sharp_tokens=4)
+    with pytest.raises(InputError, match=r"'sharp'.*--sharp-points"):
+        model.inputs_from_batch(batch)
+    with pytest.raises(ValueError, match="sharp_tokens"):
+        VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, sharp_tokens=16)

@@ -6,9 +6,23 @@ PointNet++ sec. 3.2) subset of the surface points, Fourier-embedded, and cross-a
 embedded points; a KL bottleneck shrinks each token to a few channels; the decoder projects the
 tokens back up, runs self-attention layers over them, and lets Fourier-embedded query points
 cross-attend to the result to read out signed distance.
+
+Two options after Dora (Chen et al. 2024):
+- `train_tokens`: the token count of each training batch is drawn from this list (Dora sec. 3.4),
+  so one model encodes and decodes at any of them; eval and encode use `num_latents`, or the
+  `num_tokens` asked for. The decoder is a set transformer, so any count decodes.
+- `sharp_tokens`: that many of the `num_latents` queries are FPS-sampled from the sharp-edge points
+  (`sharp`, B x S x 6), the rest from the uniform surface points, and the queries cross-attend to the
+  union of both sets (Dora's sharp-edge sampling, sec. 3.2; Hunyuan3D-2.1 and Step1X-3D concatenate
+  the two sets the same way). One cross-attention over the union rather than Dora's dual
+  cross-attention keeps the encoder's parameters those of the uniform-only model (a checkpoint
+  trained without sharp points fine-tunes with them), at the cost of N + S keys. At another token
+  count M the sharp share stays `sharp_tokens / num_latents`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
@@ -17,6 +31,7 @@ from torch import Tensor, nn
 from native3d.autoencoders.bottleneck import DiagonalGaussian, LatentAutoencoder
 from native3d.autoencoders.decoders import QueryCrossAttentionHead
 from native3d.autoencoders.fps import farthest_point_sample
+from native3d.errors import InputError
 from native3d.nn.attention import TransformerBlock
 from native3d.nn.embeddings import FourierPointEmbedding
 
@@ -41,9 +56,17 @@ class VecSetVAE(LatentAutoencoder):
         num_frequencies: int = 8,
         use_normals: bool = True,
         qk_norm: bool = False,
+        train_tokens: Sequence[int] | None = None,
+        sharp_tokens: int = 0,
     ) -> None:
         super().__init__(latent_channels)
+        if train_tokens is not None and (not train_tokens or min(train_tokens) < 1):
+            raise ValueError(f"train_tokens must be a non-empty list of positive counts, got {train_tokens}")
+        if not 0 <= sharp_tokens < num_latents:
+            raise ValueError(f"sharp_tokens must be in [0, num_latents={num_latents}), got {sharp_tokens}")
         self.num_latents = num_latents
+        self.train_tokens = list(train_tokens) if train_tokens is not None else None
+        self.sharp_tokens = sharp_tokens
         self.latent_channels = latent_channels
         self.use_normals = use_normals
         self.point_embed = FourierPointEmbedding(width, num_frequencies, feature_dim=3 if use_normals else 0)
@@ -59,16 +82,43 @@ class VecSetVAE(LatentAutoencoder):
     def latent_shape(self) -> tuple[int, int]:
         return (self.num_latents, self.latent_channels)
 
-    def inputs_from_batch(self, batch: dict[str, Tensor]) -> Float[Tensor, "B N 6"]:
-        return batch["surface"].float()
+    def inputs_from_batch(self, batch: dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        """The surface points (B, N, 6); with `sharp_tokens`, {"surface": (B, N, 6), "sharp": (B, S, 6)}."""
+        if not self.sharp_tokens:
+            return batch["surface"].float()
+        if "sharp" not in batch:
+            raise InputError(
+                f"VecSetVAE(sharp_tokens={self.sharp_tokens}) reads the batch key 'sharp' (sharp.npy), which this "
+                "batch lacks; rebuild the shard set with `python -m data_prep build --sharp-points S`"
+            )
+        return {"surface": batch["surface"].float(), "sharp": batch["sharp"].float()}
 
-    def encode(self, surface: Float[Tensor, "B N 6"]) -> DiagonalGaussian:
-        pts, normals = surface[..., :3], surface[..., 3:6]
-        embedded = self.point_embed(pts, normals if self.use_normals else None)  # (B, N, C)
-        # A random start in training augments which points seed the tokens; eval is deterministic.
-        index = farthest_point_sample(pts, self.num_latents, random_start=self.training)
-        queries = torch.gather(embedded, 1, index[..., None].expand(-1, -1, embedded.shape[-1]))  # (B, M, C)
-        tokens = self.encoder(queries, context=embedded)  # (B, M, C)
+    def token_count(self, num_tokens: int | None = None) -> int:
+        """M for this encode: as asked, else drawn from `train_tokens` in training, else `num_latents`."""
+        if num_tokens is not None:
+            return num_tokens
+        if self.training and self.train_tokens:
+            return self.train_tokens[int(torch.randint(len(self.train_tokens), ()))]  # the global torch RNG
+        return self.num_latents
+
+    def encode(self, inputs: Tensor | dict[str, Tensor], num_tokens: int | None = None) -> DiagonalGaussian:
+        M = self.token_count(num_tokens)
+        if isinstance(inputs, dict):
+            sets = [inputs["surface"], inputs["sharp"]]
+            sharp = round(M * self.sharp_tokens / self.num_latents)
+            counts = [M - sharp, sharp]
+        else:
+            sets, counts = [inputs], [M]
+        queries, context = [], []
+        for points, count in zip(sets, counts):
+            embedded = self.point_embed(points[..., :3], points[..., 3:6] if self.use_normals else None)
+            context.append(embedded)  # (B, N or S, C)
+            if count == 0:
+                continue
+            # A random start in training augments which points seed the tokens; eval is deterministic.
+            index = farthest_point_sample(points[..., :3], count, random_start=self.training)
+            queries.append(torch.gather(embedded, 1, index[..., None].expand(-1, -1, embedded.shape[-1])))
+        tokens = self.encoder(torch.cat(queries, 1), context=torch.cat(context, 1))  # (B, M, C)
         return DiagonalGaussian.from_moments(self.to_moments(tokens), dim=-1)  # (B, M, latent)
 
     def decoder_features(self, latent: Float[Tensor, "B M Cl"]) -> Float[Tensor, "B M C"]:
