@@ -77,7 +77,9 @@ def primitive_shards(tmp_path_factory) -> Path:
         "1",
         "--view-size",
         "32",
-    ]  # and the default 2048 sharp points: tests/test_damaged_shards.py rebuilds this set with these sizes
+        "--sharp-points",
+        "128",
+    ]  # tests/test_damaged_shards.py rebuilds this set with these sizes
     assert (
         prep(
             [

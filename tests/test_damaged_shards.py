@@ -183,6 +183,8 @@ def build_args(folder: Path, *extra: str) -> list[str]:
         "1",
         "--view-size",
         "32",
+        "--sharp-points",
+        "128",
     ]
     return [
         "build",

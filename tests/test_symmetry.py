@@ -33,7 +33,7 @@ def box_sdf(points: torch.Tensor, centre: torch.Tensor, half: torch.Tensor) -> t
 
 
 def box_fields(centre: torch.Tensor, half: torch.Tensor, points: torch.Tensor, resolution: int = 17) -> dict:
-    """A batch of one sample of the box: surface (points, normals), query (points, sdf), sdf grid, triplane."""
+    """A batch of one sample of the box: surface and sharp (points, normals), query (points, sdf), sdf grid, triplane."""
     points = points.clone().requires_grad_()
     sdf = box_sdf(points, centre, half)
     (normals,) = torch.autograd.grad(sdf.sum(), points)
@@ -41,6 +41,7 @@ def box_fields(centre: torch.Tensor, half: torch.Tensor, points: torch.Tensor, r
     return {
         "id": ["box"],
         "surface": torch.cat([points, normals], dim=-1).detach()[None],
+        "sharp": torch.cat([points, normals], dim=-1).detach()[None, :32],  # any (points, normals) subset
         "query": torch.cat([points, sdf[:, None]], dim=-1).detach()[None],
         "sdf": grid[None],
         "triplane": torch.from_numpy(project_triplane(grid.numpy()))[None],
@@ -57,7 +58,7 @@ def test_every_field_of_a_mapped_box_is_the_mapped_box_field():
         expected = box_fields(signs * CENTRE[perm], HALF[perm], points[:, perm] * signs)
         assert mapped.keys() == expected.keys() - {"views"}, "views do not transform with the shape"
         assert mapped["id"] == ["box"]
-        for key in ("surface", "query", "sdf", "triplane"):
+        for key in ("surface", "sharp", "query", "sdf", "triplane"):
             torch.testing.assert_close(
                 mapped[key],
                 expected[key],
@@ -76,7 +77,7 @@ def test_each_sample_of_a_batch_gets_its_own_map():
         SYMMETRIES[-1],
     )  # the identity, and the last permutation with every flip
     mapped = transform_shape_batch(batch, torch.stack([p0, p1]), torch.stack([s0, s1]))
-    for key in ("surface", "query", "sdf", "triplane"):
+    for key in ("surface", "sharp", "query", "sdf", "triplane"):
         torch.testing.assert_close(mapped[key][0], one[key][0])
         torch.testing.assert_close(mapped[key][1], transform_shape_batch(one, p1[None], s1[None])[key][0])
 

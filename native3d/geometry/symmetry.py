@@ -75,16 +75,17 @@ def transform_planes(
 def transform_shape_batch(batch: dict, perm: Int[Tensor, "B 3"], signs: Float[Tensor, "B 3"]) -> dict:
     """The batch with every sample's geometry mapped by its symmetry; views are dropped, ids kept."""
     out = {key: value for key, value in batch.items() if key != "views"}
-    if "surface" in batch:
-        surface = batch["surface"]  # (B, N, 6): points, normals
-        out["surface"] = torch.cat(
-            [
-                transform_points(surface[..., :3], perm, signs),
-                transform_points(surface[..., 3:6], perm, signs),
-                surface[..., 6:],
-            ],
-            dim=-1,
-        )
+    for key in ("surface", "sharp"):  # (B, N, 6), (B, S, 6): points, normals
+        if key in batch:
+            points = batch[key]
+            out[key] = torch.cat(
+                [
+                    transform_points(points[..., :3], perm, signs),
+                    transform_points(points[..., 3:6], perm, signs),
+                    points[..., 6:],
+                ],
+                dim=-1,
+            )
     if "query" in batch:
         query = batch["query"]  # (B, Q, 4): points, sdf
         out["query"] = torch.cat([transform_points(query[..., :3], perm, signs), query[..., 3:]], dim=-1)
