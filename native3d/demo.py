@@ -14,8 +14,10 @@ and is skipped when its output exists, so a rerun reuses what is finished.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +25,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from native3d.checkpoints import read_checkpoint
 from native3d.data.schema import Sizes
+from native3d.errors import BadModelError
 from native3d.files import atomic_path, write_atomic, write_json
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DEMO_SIZES = Sizes(surface_points=2048, grid_resolution=32, query_points=4096, views=4, view_size=64)
+DEMO_SIZES = Sizes(
+    surface_points=2048, grid_resolution=32, query_points=4096, views=4, view_size=64, sharp_points=512
+)
 SHARD_SETS = {  # name -> `native3d prep build` source arguments
     "primitives": ["--source", "primitives", "--count", "240", "--seed", "0", "--shard-size", "24"],
     "primitives_heldout": ["--source", "primitives", "--count", "48", "--seed", "1", "--shard-size", "24"],
@@ -47,6 +53,9 @@ DIFFUSION = {  # model name -> (diffusion config, autoencoder, extra configs)
 SAMPLE_STEPS = 25
 MESH_RESOLUTION = 64  # marching-cubes cells per axis for reconstructions and samples
 EVAL_POINTS = 1024  # points per shape for the generation metrics
+# An autoencoder below this held-out IoU has collapsed (e.g. it decodes every shape as outside):
+# the demo stops there, naming it, instead of training diffusion on its latents.
+MIN_HELD_OUT_IOU = 0.5
 AE_STEPS, AE_MINUTES = 600, 1.5
 DIFFUSION_STEPS, DIFFUSION_MINUTES = 600, 1.25
 
@@ -192,6 +201,7 @@ def run_demo(out: str, command: Command, workers: int = 2) -> int:
                 ]
             ),
         )
+        check_autoencoder(name, out / "reconstruction" / name / "metrics.json", run_dir)
     heldout = out / "shards" / "primitives_heldout"
     for name, (config, ae, extra) in DIFFUSION.items():
         ckpt = out / "diffusion" / f"{name}.ckpt"
@@ -243,6 +253,32 @@ def run_demo(out: str, command: Command, workers: int = 2) -> int:
     return 0
 
 
+def check_autoencoder(name: str, metrics: Path, run_dir: Path) -> None:
+    """Stops the demo, naming the model, when its held-out IoU says it has collapsed."""
+    iou = json.loads(metrics.read_text())["summary"].get("volume_iou")
+    if iou is None or iou < MIN_HELD_OUT_IOU:
+        raise BadModelError(
+            f"autoencoder {name}: held-out IoU {iou if iou is None else round(iou, 3)} (below "
+            f"{MIN_HELD_OUT_IOU}; {metrics}): it has collapsed, so no diffusion model is trained on it; "
+            f"its run is in {run_dir}"
+        )
+
+
+def loss_trend(run_dir: Path, warmup_steps: int) -> tuple[float, float] | None:
+    """Mean training loss of the first and of the last fifth of the logged steps after warm-up
+    (from the run's CSV log); None when too few steps were logged to tell."""
+    logs = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return None
+    with logs[-1].open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss") and int(r["step"]) >= warmup_steps]
+    losses = [float(r["train/loss"]) for r in rows]
+    if len(losses) < 5:
+        return None
+    fifth = len(losses) // 5
+    return statistics.fmean(losses[:fifth]), statistics.fmean(losses[-fifth:])
+
+
 def write_contact_sheet(out: Path, cell: int = 128, label_width: int = 150) -> None:
     """`contact_sheet.png`: a row per diffusion model, a column per sample, each labelled with its prompt."""
     from PIL import ImageDraw
@@ -276,8 +312,6 @@ def write_contact_sheet(out: Path, cell: int = 128, label_width: int = 150) -> N
 
 def checkpoint_steps(ckpt: Path) -> int | None:
     """The optimizer steps a checkpoint was trained for (None where it does not exist)."""
-    from native3d.checkpoints import read_checkpoint
-
     return read_checkpoint(ckpt).get("global_step") if ckpt.exists() else None
 
 
@@ -345,6 +379,12 @@ def write_report(out: Path, seconds: dict[str, float]) -> None:
         "view 0 of a held-out object of each class. s per sample: the diffusion steps, marching cubes "
         f"at {MESH_RESOLUTION}^3 (coarse to fine) and the render, in one batch per condition.",
         "",
+        "## Diffusion training loss (after warm-up)",
+        "",
+        "| model | first fifth | last fifth | |",
+        "|---|---|---|---|",
+        *[loss_row(name, out) for name in DIFFUSION],
+        "",
         "## Stages",
         "",
         "| stage | seconds |",
@@ -361,6 +401,18 @@ def write_report(out: Path, seconds: dict[str, float]) -> None:
         "",
     ]
     write_atomic(out / "report.md", "\n".join(lines))
+
+
+def loss_row(name: str, out: Path) -> str:
+    """A diffusion run's loss trend as a report row; a loss that did not fall is named."""
+    ckpt = out / "diffusion" / f"{name}.ckpt"
+    warmup = read_checkpoint(ckpt)["hyper_parameters"].get("warmup_steps", 0) if ckpt.exists() else 0
+    trend = loss_trend(out / "diffusion" / name, warmup)
+    if trend is None:
+        return f"| {name} | n/a | n/a | too few logged steps after warm-up to tell |"
+    first, last = trend
+    verdict = "falls" if last < first else "**did not fall below its start: this model has not learned**"
+    return f"| {name} | {first:.4f} | {last:.4f} | {verdict} |"
 
 
 def fmt(value: float | None) -> str:

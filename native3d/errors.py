@@ -29,6 +29,11 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder that the command needs and that does not exist."""
 
 
+class BadModelError(UserError):
+    """A trained model that is unusable, named with the figure that shows it (e.g. a collapsed
+    autoencoder's held-out IoU), so that nothing is built on it."""
+
+
 def user_error(error: BaseException | None) -> BaseException | None:
     """The user error that `error` is, or was directly raised from (a library such as jsonargparse
     re-raises what a constructor raised as its own error); None for any other error."""

@@ -9,6 +9,7 @@ import pytest
 from native3d import demo
 from native3d.cli import run
 from native3d.data.schema import Sizes
+from native3d.errors import BadModelError
 
 
 @pytest.fixture
@@ -16,7 +17,9 @@ def tiny_demo(monkeypatch):
     monkeypatch.setattr(
         demo,
         "DEMO_SIZES",
-        Sizes(surface_points=512, grid_resolution=32, query_points=1024, views=1, view_size=32),
+        Sizes(
+            surface_points=512, grid_resolution=32, query_points=1024, views=1, view_size=32, sharp_points=128
+        ),
     )
     monkeypatch.setattr(
         demo,
@@ -41,6 +44,7 @@ def tiny_demo(monkeypatch):
     monkeypatch.setattr(demo, "SAMPLE_STEPS", 2)
     monkeypatch.setattr(demo, "MESH_RESOLUTION", 32)
     monkeypatch.setattr(demo, "EVAL_POINTS", 128)
+    monkeypatch.setattr(demo, "MIN_HELD_OUT_IOU", 0.0)  # two training steps collapse every autoencoder
 
 
 @pytest.mark.timeout(900)
@@ -75,3 +79,22 @@ def test_the_demo_writes_its_report_and_a_rerun_reuses_every_stage(tiny_demo, tm
     printed = capsys.readouterr().out
     assert printed.count("reusing") == len(stages), "a rerun redoes nothing"
     assert json.loads((out / "stages.json").read_text()) == stages
+    assert "## Diffusion training loss" in report and "too few logged steps" in report
+
+
+def test_a_collapsed_autoencoder_stops_the_demo_naming_it(tiny_demo, tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "AUTOENCODERS", {"vecset": "vecset_tiny.yaml"})
+    monkeypatch.setattr(demo, "MIN_HELD_OUT_IOU", 1.01)  # no model reaches it
+    with pytest.raises(BadModelError, match=r"autoencoder vecset: held-out IoU .* it has collapsed"):
+        demo.run_demo(str(tmp_path / "demo"), run, workers=1)
+    assert not (tmp_path / "demo" / "diffusion").exists(), "nothing is trained on it"
+
+
+def test_a_loss_that_does_not_fall_is_named(tmp_path):
+    log = tmp_path / "diffusion" / "m" / "lightning_logs" / "version_0" / "metrics.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text("step,train/loss\n" + "".join(f"{s},{1.0 + 0.01 * s}\n" for s in range(0, 200, 10)))
+    assert demo.loss_trend(tmp_path / "diffusion" / "m", warmup_steps=50)[1] > 1.5
+    assert "did not fall" in demo.loss_row("m", tmp_path)
+    log.write_text("step,train/loss\n" + "".join(f"{s},{2.0 - 0.005 * s}\n" for s in range(0, 200, 10)))
+    assert "| falls |" in demo.loss_row("m", tmp_path)
