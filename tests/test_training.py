@@ -154,6 +154,27 @@ def test_encode_names_a_missing_checkpoint(primitive_shards, tmp_path):
         encode_shard_set(str(tmp_path / "missing.ckpt"), str(primitive_shards), str(tmp_path / "out"))
 
 
+def test_encode_tokens_writes_latents_of_that_many_tokens_and_is_refused_for_a_grid(
+    primitive_shards, tmp_path
+):
+    tokens = ["--model.init_args.autoencoder.init_args.train_tokens", "[16, 32, 64]"]
+    ckpt = fit("vecset_tiny.yaml", primitive_shards, tmp_path / "vecset", steps=4, extra=tokens)
+    latents = tmp_path / "latents"
+    command = ["encode", "--ckpt", str(ckpt), "--data", str(primitive_shards), "--out", str(latents)]
+    assert native3d([*command, "--tokens", "16", "--batch-size", "8"]) == 0
+    index = load_index(latents)
+    assert index.info["latent_shape"] == [16, 8]
+    batch = next(iter(LatentDataModule(str(latents), val=str(latents), num_workers=0).val_dataloader()))
+    assert batch["latent_mean"].shape[1:] == (16, 8), "the latent loader reads the recorded shape"
+    with pytest.raises(InputError, match="latent_shape differs"):
+        encode_shard_set(str(ckpt), str(primitive_shards), str(latents), tokens=32)
+
+    grid = fit("grid_tiny.yaml", primitive_shards, tmp_path / "grid", steps=2)
+    with pytest.raises(InputError, match=r"--tokens 16: .*GridVAE.*only a VecSet"):
+        encode_shard_set(str(grid), str(primitive_shards), str(tmp_path / "grid-latents"), tokens=16)
+    assert not (tmp_path / "grid-latents").exists()
+
+
 def test_fit_with_muon_lowers_the_loss_checkpoints_both_halves_and_resumes(primitive_shards, tmp_path):
     muon = ["--model.init_args.optimizer", "muon"]
     ckpt = fit("vecset_tiny.yaml", primitive_shards, tmp_path / "run", steps=40, extra=muon)
