@@ -128,6 +128,7 @@ def shard_batch(batch: int, resolution: int, queries: int, device: str | torch.d
     n, r = Sizes().surface_points, resolution
     return {
         "surface": torch.randn(batch, n, 6, device=device),
+        "sharp": torch.randn(batch, Sizes().sharp_points, 6, device=device),
         "sdf": torch.randn(batch, r, r, r, device=device),
         "triplane": torch.randn(batch, 3, 2, r, r, device=device),
         "query": torch.rand(batch, queries, 4, device=device) * 2 - 1,

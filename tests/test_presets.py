@@ -72,6 +72,7 @@ def test_autoencoder_preset_builds_and_runs_on_meta(path):
         n, r = Sizes().surface_points, resolution
         batch = {
             "surface": torch.randn(2, n, 6),
+            "sharp": torch.randn(2, Sizes().sharp_points, 6),
             "sdf": torch.randn(2, r, r, r),
             "triplane": torch.randn(2, 3, 2, r, r),
             "query": torch.randn(2, 4096, 4),
