@@ -308,3 +308,16 @@ def test_evaluate_conditions_an_image_checkpoint_on_reference_views(latent_sets,
     listed = json.loads((tmp_path / "eval" / "samples" / "samples.json").read_text())["samples"]
     assert sorted(e["class"] for e in listed) == sorted(per_class)
     assert metrics["summary"]["num_requested"] == len(per_class)
+
+
+def test_a_model_trained_on_latents_of_another_token_count_samples_that_count(primitive_shards, tmp_path):
+    from test_training import fit as fit_autoencoder
+
+    tokens = ["--model.init_args.autoencoder.init_args.train_tokens", "[16, 64]"]
+    ae = fit_autoencoder("vecset_tiny.yaml", primitive_shards, tmp_path / "vecset", steps=2, extra=tokens)
+    latents = tmp_path / "latents"
+    encode_shard_set(str(ae), str(primitive_shards), str(latents), tokens=16)
+    ckpt = fit_diffusion("set_dit_tiny.yaml", ae, latents, tmp_path / "run", steps=2)
+    model = load_diffusion(ckpt)
+    assert model.latent_shape == (16, 8), "the checkpoint records the shape it was trained on"
+    assert model.generate(2, model.conditioner.encode_texts(["a", "b"]), steps=2).shape == (2, 16, 8)

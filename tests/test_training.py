@@ -14,7 +14,7 @@ from test_damaged_shards import load_index_without_sizes, overwrite_a_header
 from native3d.cli import main as native3d
 from native3d.data.datamodule import LatentDataModule
 from native3d.data.schema import DamagedShardError
-from native3d.data.shards import load_index, shard_keys
+from native3d.data.shards import iter_samples, load_index, shard_keys
 from native3d.encode import encode_shard_set
 from native3d.errors import InputError
 from native3d.training.autoencoder import AutoencoderModule
@@ -89,6 +89,10 @@ def test_fit_lowers_the_loss_and_the_checkpoint_reloads_and_encodes(config, prim
     info = encode_shard_set(str(ckpt), str(primitive_shards), str(tmp_path / "latents"), batch_size=8)
     assert info["num_samples"] == 24 and tuple(info["latent_shape"]) == module.autoencoder.latent_shape
     assert load_index(tmp_path / "latents").kind == "latent"
+    latents = list(iter_samples(tmp_path / "latents"))
+    assert len(latents) == 24 and all(
+        s["latent_mean.npy"].shape == module.autoencoder.latent_shape for s in latents
+    ), "a latent set reads back through the same reader as a shape set"
     again = encode_shard_set(str(ckpt), str(primitive_shards), str(tmp_path / "latents"), batch_size=8)
     assert again["shards"] == info["shards"], "a rerun reuses the finished shards"
 

@@ -28,12 +28,14 @@ import numpy as np
 import webdataset as wds
 
 from native3d.data.schema import (
+    LATENT_SAMPLE_KEYS,
     READABLE_SCHEMA_VERSIONS,
     DamagedShardError,
     SchemaError,
     Sizes,
     encode_json,
     sample_keys,
+    validate_latent_sample,
     validate_sample,
 )
 from native3d.errors import MissingFileError
@@ -272,10 +274,16 @@ def batched(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
 
 
 def iter_samples(index: ShardIndex | str | os.PathLike, urls: list[str] | None = None) -> Iterator[dict]:
-    """Every sample of a shard set (or of the given shards of it) once, in order, decoded and validated."""
+    """Every sample of a shard set (or of the given shards of it) once, in order, decoded and validated
+    (against the shape schema, or for a latent set against its latent shape)."""
     if not isinstance(index, ShardIndex):
         index = load_index(index)
     counts = index.counts
     for url in urls or index.urls:
         for raw in read_shard(url, counts[url], index.repair_hint):
-            yield decode_sample(raw, index.sizes)
+            if index.kind == "latent":
+                sample = decode_members(raw, LATENT_SAMPLE_KEYS)
+                validate_latent_sample(sample, tuple(index.info["latent_shape"]), sample_location(raw))
+                yield sample
+            else:
+                yield decode_sample(raw, index.sizes)

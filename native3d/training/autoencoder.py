@@ -9,7 +9,7 @@ numbers its diffusion models normalize with. `optimizer` picks AdamW or
 Muon + AdamW (`native3d.training.optim`). `augment` trains on each batch mapped by random symmetries
 of the cube (`native3d.geometry.symmetry`: exact for every field, so the labels stay right).
 `compile: true` compiles the autoencoder's forward (`torch.compile`, in place, so checkpoint keys
-do not change) when training sets the model up.
+do not change).
 """
 
 from __future__ import annotations
@@ -58,12 +58,8 @@ class AutoencoderModule(L.LightningModule):
         self.save_hyperparameters()
         self.autoencoder = autoencoder
         self._stats_step = -1
-        self._compiled = False
-
-    def configure_model(self) -> None:
-        if self.hparams.compile and not self._compiled:
-            self.autoencoder.compile()
-            self._compiled = True
+        if compile:
+            self.autoencoder.compile()  # in place and lazy: it compiles at the first forward
 
     def step(self, batch: dict, stage: str) -> dict[str, Tensor]:
         hp = self.hparams

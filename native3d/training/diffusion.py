@@ -9,8 +9,7 @@ draws a posterior sample and standardizes it with the autoencoder's statistics (
 guidance (Ho & Salimans 2022). Sampling takes a sampler by name (`sampler: heun`; the default is
 euler for rectified flow, dpm++ for DDPM; see `native3d.diffusion.samplers`). The frozen autoencoder's weights travel in the checkpoint, so a
 diffusion checkpoint samples meshes on its own; a frozen text encoder is re-loaded by name.
-`compile: true` compiles the backbone (`torch.compile`, in place, so checkpoint keys do not change)
-when training sets the model up.
+`compile: true` compiles the backbone (`torch.compile`, in place, so checkpoint keys do not change).
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from native3d.diffusion import (
     resolve_sampler,
     sample,
 )
+from native3d.errors import InputError
 from native3d.nn.modulation import Cond
 from native3d.training.checks import check_finite
 from native3d.training.optim import warmup_cosine_scheduler
@@ -63,6 +63,7 @@ class LatentDiffusion(L.LightningModule):
         mesh_resolution: int = 64,
         ema_decay: float = 0.999,
         autoencoder_config: dict | None = None,
+        latent_shape: list[int] | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -75,17 +76,26 @@ class LatentDiffusion(L.LightningModule):
         self.sampler = resolve_sampler(sampler, self.objective.schedule)  # euler for flow, dpm++ for DDPM
         check_backbone(self.backbone, self.latent_shape)
         self._val_count = 0
-        self._compiled = False
-
-    def configure_model(self) -> None:
-        # Also called by the EMA callback before it copies the model, hence the guard.
-        if self.hparams.compile and not self._compiled:
-            self.backbone.compile()
-            self._compiled = True
+        if compile:
+            self.backbone.compile()  # in place and lazy: it compiles at the first forward
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.autoencoder.latent_shape)
+        """The latents' shape: the autoencoder's, or that of the training latents where they differ
+        (a VecSet set encoded at another token count, `native3d encode --tokens M`)."""
+        return tuple(self.hparams.latent_shape or self.autoencoder.latent_shape)
+
+    def on_fit_start(self) -> None:
+        shape = tuple(getattr(self.trainer.datamodule, "latent_shape", None) or self.latent_shape)
+        if shape != self.latent_shape:
+            own = tuple(self.autoencoder.latent_shape)
+            if len(shape) != 2 or shape[1:] != own[1:]:  # only a token set's count may differ
+                raise InputError(
+                    f"the training latents have shape {shape}; the autoencoder makes {own}: encode them "
+                    "with this autoencoder"
+                )
+            check_backbone(self.backbone, shape)
+            self.hparams["latent_shape"] = list(shape)  # sampling draws latents of the trained shape
 
     @property
     def conditional(self) -> bool:
