@@ -36,8 +36,16 @@ under `--out` and a rerun reuses what exists: finished training is never redone.
     .venv/bin/python benchmarks/generation.py [--minutes-ae 3] [--minutes 5] [--samples-per-class 5]
                                               [--backbones setdit,unet3d,triplane] [--image-backbone best|none|NAME] [--poses upright|any] [--ceiling-only] [--quick]
 
+After the table, where each text model loses: the autoencoder's ceiling (its training latents
+decoded and classified by the same rule: what a perfect diffusion model reaches) and its held-out
+IoU, the diffusion share (sampled / ceiling accuracy), COV against that of as many real training
+shapes ("data reference"), and what makes the latent easy or hard to diffuse (per-channel std of the
+normalized latents, KL per element, IoU of a decoded shape under noise of std 0.1 and 0.3 on its
+normalized latent). Everything is also written to `<out>/results.json`.
+
 The last line is machine-readable:
-`text_acc_setdit=<a> text_acc_unet3d=<b> text_acc_triplane=<c> image_acc_best=<d>`.
+`text_acc_setdit=<a> text_acc_unet3d=<b> text_acc_triplane=<c> image_acc_best=<d>` followed by
+`ae_ceiling_<name>=<x>` and `cov_ratio_<name>=<y>` per text model.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -284,6 +293,166 @@ def classifier_ceiling(paths: dict, out: Path) -> dict:
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# Where a family loses: the autoencoder's ceiling, the latent's diffusability, the data's own COV
+
+
+NOISE_LEVELS = (0.1, 0.3)  # std of the Gaussian noise added to a normalized latent
+STAT_SHAPES = 48  # held-out shapes for IoU and the noise test; training latents for the statistics
+
+
+def cached(path: Path, compute) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def autoencoder_ceiling(ae_ckpt: Path, latents: Path, paths: dict, out: Path) -> dict:
+    """What a perfect diffusion model would reach with this autoencoder: training shapes' own latents
+    (the ones diffusion learns), decoded to meshes and classified by the prompt-accuracy rule against
+    the held-out set, like the samples; and the held-out reconstruction IoU."""
+
+    def compute() -> dict:
+        import numpy as np
+        import trimesh
+
+        from native3d.autoencoders.meshing import decode_mesh
+        from native3d.checkpoints import load_autoencoder
+        from native3d.data.shards import iter_samples
+        from native3d.evaluation.generation import load_reference, nearest_classes
+        from native3d.evaluation.reconstruction import evaluate_reconstruction
+        from native3d.geometry.marching_cubes import NoSurfaceError
+        from native3d.geometry.sampling import sample_surface
+        from native3d.metrics import pairwise_distances
+
+        autoencoder = load_autoencoder(ae_ckpt)
+        refs = load_reference(paths["heldout"], EVAL_POINTS, seed=0)
+        clouds, truth, failed = [], [], 0
+        for i, sample in enumerate(iter_samples(latents)):
+            if i == CEILING_SHAPES:
+                break
+            latent = torch.from_numpy(sample["latent_mean.npy"]).float()[None]
+            try:
+                vertices, faces = decode_mesh(autoencoder, latent, MESH_RESOLUTION)
+            except NoSurfaceError:
+                failed += 1
+                continue
+            mesh = trimesh.Trimesh(vertices, faces, process=False)
+            clouds.append(
+                torch.from_numpy(sample_surface(mesh, EVAL_POINTS, np.random.default_rng(0))[:, :3])
+            )
+            truth.append(sample["meta.json"]["class"])
+        distances = pairwise_distances(
+            torch.stack(clouds), refs.points, metric="chamfer", normalization="none", seed=0, convention="l1"
+        )
+        predicted = nearest_classes(distances.value, [e["class"] for e in refs.entries], "min")
+        correct = sum(a == b for a, b in zip(truth, predicted))
+        recon = evaluate_reconstruction(
+            ae_ckpt, paths["heldout"], resolution=MESH_RESOLUTION, limit=STAT_SHAPES, points=EVAL_POINTS
+        )
+        return {
+            "shapes": len(truth) + failed,
+            "accuracy": correct / (len(truth) + failed),
+            "no_surface": failed,
+            "heldout_iou": recon.summary["volume_iou"],
+        }
+
+    return cached(out / "ceiling.json", compute)
+
+
+def latent_statistics(ae_ckpt: Path, latents: Path, paths: dict, out: Path) -> dict:
+    """What makes a latent hard or easy to diffuse: the per-channel std of the normalized training
+    latents (1 is what the noise expects), the KL of the posterior per element, and how much the
+    decoded shape moves (IoU of the occupancy at the uniform queries) when the normalized latent of a
+    held-out shape gets Gaussian noise of std NOISE_LEVELS."""
+
+    def compute() -> dict:
+        import numpy as np
+
+        from native3d.checkpoints import load_autoencoder
+        from native3d.data.datamodule import collate, sample_to_tensors
+        from native3d.data.shards import iter_samples
+
+        autoencoder = load_autoencoder(ae_ckpt)
+        means, kl = [], []
+        for i, sample in enumerate(iter_samples(latents)):
+            if i == CEILING_SHAPES:
+                break
+            mean = torch.from_numpy(sample["latent_mean.npy"]).float()
+            std = torch.from_numpy(sample["latent_std.npy"]).float()
+            means.append(autoencoder.normalize_latent(mean[None])[0])
+            kl.append((0.5 * (mean**2 + std**2 - 1 - 2 * std.clamp_min(1e-12).log())).mean().item())
+        normalized = torch.stack(means)  # (S, *latent_shape)
+        per_channel = channel_std(normalized, autoencoder.latent_channel_dim)
+        generator = torch.Generator().manual_seed(0)
+        drops = {level: [] for level in NOISE_LEVELS}
+        with torch.no_grad():
+            for i, sample in enumerate(iter_samples(paths["heldout"])):
+                if i == STAT_SHAPES:
+                    break
+                batch = collate([sample_to_tensors(sample, None, np.random.default_rng(0))])
+                z = autoencoder.normalize_latent(
+                    autoencoder.encode(autoencoder.inputs_from_batch(batch)).mean
+                )
+                uniform = batch["query"][:, : batch["query"].shape[1] // 2, :3]  # the uniform half
+                clean = decode_inside(autoencoder, z, uniform)
+                for level in NOISE_LEVELS:
+                    noisy = z + level * torch.randn(z.shape, generator=generator)
+                    drops[level].append(occupancy_iou(clean, decode_inside(autoencoder, noisy, uniform)))
+        return {
+            "channel_std_mean": per_channel.mean().item(),
+            "channel_std_min": per_channel.min().item(),
+            "channel_std_max": per_channel.max().item(),
+            "kl_per_element": statistics.fmean(kl),
+            **{f"iou_under_noise_{level}": statistics.fmean(drops[level]) for level in NOISE_LEVELS},
+        }
+
+    return cached(out / "latent_stats.json", compute)
+
+
+def channel_std(latents: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Std per latent channel over every sample and position; `channel_dim` is the autoencoder's
+    `latent_channel_dim` (the channel axis of one latent, without the batch axis)."""
+    dim = channel_dim % (latents.ndim - 1) + 1
+    return latents.movedim(dim, -1).reshape(-1, latents.shape[dim]).std(dim=0)
+
+
+def decode_inside(autoencoder, z: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Inside (SDF < 0) at `points` of the normalized latent z."""
+    features = autoencoder.decoder_features(autoencoder.denormalize_latent(z))
+    return autoencoder.query(features, points) < 0
+
+
+def occupancy_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+def data_reference(paths: dict, count: int, out: Path) -> dict:
+    """MMD / COV / 1-NNA of `count` real training shapes (a whole number of class blocks, so every
+    class as often as the samples have it) against the held-out set: what "diverse enough" is."""
+
+    def compute() -> dict:
+        from native3d.evaluation.generation import PointSet, distance_matrices, load_reference
+        from native3d.metrics import coverage, minimum_matching_distance, one_nna
+
+        refs = load_reference(paths["heldout"], EVAL_POINTS, seed=0)
+        shapes = load_reference(paths["train"], EVAL_POINTS, seed=1)
+        real = PointSet(shapes.names[:count], shapes.points[:count], shapes.entries[:count])
+        d_sr, d_ss, d_rr = distance_matrices(real, refs, "chamfer", seed=0)
+        return {
+            "shapes": len(real.names),
+            "mmd": minimum_matching_distance(d_sr).mean(),
+            "cov": coverage(d_sr).mean(),
+            "1-nna": one_nna(d_sr, d_ss, d_rr).mean(),
+        }
+
+    return cached(out / f"data_reference_{count}.json", compute)
+
+
 def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: float, num: int) -> dict:
     from native3d.encode import encode_shard_set
 
@@ -301,6 +470,8 @@ def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: 
         "condition": "text",
         "ae": train_record(ae_ckpt),
         "diffusion": train_record(ckpt),
+        "ceiling": autoencoder_ceiling(ae_ckpt, latents, paths, out / "eval" / f"{name}-ae"),
+        "latent": latent_statistics(ae_ckpt, latents, paths, out / "eval" / f"{name}-ae"),
         **summary,
     }
 
@@ -333,8 +504,18 @@ def train_record(ckpt: Path) -> dict:
 # Report
 
 
+def cov_ratio(result: dict, reference: dict) -> float | None:
+    cov = result.get("cov")
+    return None if cov is None or not reference["cov"] else cov / reference["cov"]
+
+
 def print_table(
-    results: list[dict], paths: dict, args: argparse.Namespace, load: tuple, ceiling: dict
+    results: list[dict],
+    paths: dict,
+    args: argparse.Namespace,
+    load: tuple,
+    ceiling: dict,
+    reference: dict,
 ) -> None:
     train, held = load_index(paths["train"]), load_index(paths["heldout"])
     print(
@@ -366,6 +547,31 @@ def print_table(
         )
     print(
         "accuracy: over all samples asked for (one that decodes to no surface is wrong); acc/meshed: over the meshed ones (the evaluation's prompt_accuracy)"
+    )
+    print(
+        f"data reference: {reference['shapes']} real training shapes against the same held-out set: "
+        f"MMD {fmt(reference['mmd'])}, COV {fmt(reference['cov'])}, 1-NNA {fmt(reference['1-nna'])}"
+    )
+    print("where each text model loses (ceiling: training latents decoded and classified like samples):")
+    print(
+        f"{'backbone':9} {'AE IoU':>7} {'ceiling':>7} {'sampled':>7} {'share':>6} {'COV/data':>8} "
+        f"{'ch std':>17} {'KL/elem':>8} {'IoU@0.1':>7} {'IoU@0.3':>7}"
+    )
+    for r in results:
+        if r["condition"] != "text":
+            continue
+        c, z = r["ceiling"], r["latent"]
+        share = r["prompt_accuracy_of_requested"] / c["accuracy"] if c["accuracy"] else float("nan")
+        stds = f"{z['channel_std_min']:.2f}/{z['channel_std_mean']:.2f}/{z['channel_std_max']:.2f}"
+        print(
+            f"{r['backbone']:9} {fmt(c['heldout_iou']):>7} {fmt(c['accuracy']):>7} "
+            f"{fmt(r['prompt_accuracy_of_requested']):>7} {fmt(share):>6} {fmt(cov_ratio(r, reference)):>8} "
+            f"{stds:>17} {z['kl_per_element']:>8.3f} {fmt(z['iou_under_noise_0.1']):>7} {fmt(z['iou_under_noise_0.3']):>7}"
+        )
+    print(
+        "share: sampled / ceiling accuracy (the diffusion model's part); ch std: min/mean/max per-channel std "
+        "of the normalized latents (the noise has 1); IoU@s: occupancy IoU of a held-out shape's decoding "
+        "with and without Gaussian noise of std s on its normalized latent"
     )
 
 
@@ -445,13 +651,23 @@ def main() -> None:
         best = max(results, key=lambda r: r["prompt_accuracy_of_requested"])["backbone"]
         image_backbone = best if args.image_backbone == "best" else args.image_backbone
         results.append(run_image(image_backbone, paths, out, args.minutes, args.samples_per_class))
+    reference = data_reference(paths, 12 * args.samples_per_class, out)
     load_after = tuple(round(x, 2) for x in os.getloadavg())
-    print_table(results, paths, args, (load_before, load_after), ceiling)
-    text = {r["backbone"]: r["prompt_accuracy_of_requested"] for r in results if r["condition"] == "text"}
+    print_table(results, paths, args, (load_before, load_after), ceiling, reference)
+    texts = {r["backbone"]: r for r in results if r["condition"] == "text"}
     image = [r["prompt_accuracy_of_requested"] for r in results if r["condition"] == "image"]
+    (out / "results.json").write_text(
+        json.dumps({"results": results, "rule_ceiling": ceiling, "data_reference": reference}, indent=2)
+    )
     print(
-        " ".join(f"text_acc_{name}={fmt(text.get(name))}" for name in BACKBONES)
-        + f" image_acc_best={fmt(max(image, default=None))}"
+        " ".join(
+            f"text_acc_{name}={fmt(texts[name]['prompt_accuracy_of_requested'] if name in texts else None)}"
+            for name in BACKBONES
+        )
+        + f" image_acc_best={fmt(max(image, default=None))} "
+        + " ".join(f"ae_ceiling_{name}={fmt(r['ceiling']['accuracy'])}" for name, r in texts.items())
+        + " "
+        + " ".join(f"cov_ratio_{name}={fmt(cov_ratio(r, reference))}" for name, r in texts.items())
     )
 
 
