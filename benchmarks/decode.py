@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import trimesh  # noqa: E402
 
 from native3d.autoencoders.meshing import latent_field  # noqa: E402
+from native3d.autoencoders.vecset import VecSetVAE  # noqa: E402
 from native3d.checkpoints import load_autoencoder  # noqa: E402
 from native3d.cli import main as native3d  # noqa: E402
 from native3d.data.datamodule import collate, hold_out, sample_to_tensors  # noqa: E402
@@ -163,16 +164,19 @@ def torus(points: np.ndarray) -> np.ndarray:
     return np.hypot(ring, points[:, 2]) - 0.2
 
 
-def extract(make_field: Callable, resolution: int, coarse_to_fine: bool, chunk: int):
-    """(mesh, queries, seconds); the clock includes building the field (the decoder features)."""
+METHODS = ("dense", "coarse-to-fine", "c2f + bfloat16", "c2f + bf16 + KV sel.")
+
+
+def extract(field: Callable, resolution: int, method: str, chunk: int):
+    """(mesh, grid, seconds) of one method; the clock includes building the field (the decoder features)."""
     start = time.perf_counter()
-    field = make_field()
-    if coarse_to_fine:
-        grid = coarse_to_fine_grid(field, resolution, START_RESOLUTION, chunk=chunk)
-    else:
+    field = field(method)
+    if method == "dense":
         grid = dense_grid(field, resolution, chunk)
+    else:
+        grid = coarse_to_fine_grid(field, resolution, START_RESOLUTION, chunk=chunk)
     vertices, faces = marching_cubes(grid.values)
-    return trimesh.Trimesh(vertices, faces, process=False), grid.queries, time.perf_counter() - start
+    return trimesh.Trimesh(vertices, faces, process=False), grid, time.perf_counter() - start
 
 
 def mesh_chamfer(a: trimesh.Trimesh, b: trimesh.Trimesh, points: int, seed: int = 0) -> float:
@@ -181,6 +185,12 @@ def mesh_chamfer(a: trimesh.Trimesh, b: trimesh.Trimesh, points: int, seed: int 
     x = torch.from_numpy(sample_surface(a, points, np.random.default_rng(seed))[:, :3])[None]
     y = torch.from_numpy(sample_surface(b, points, np.random.default_rng(seed))[:, :3])[None]
     return chamfer_distance(x, y, convention="l1").value.item()
+
+
+def volume_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of the inside (sdf < 0) of two corner grids: the occupancy each mesh encloses, per sample."""
+    inside_a, inside_b = a < 0, b < 0
+    return float((inside_a & inside_b).sum() / max((inside_a | inside_b).sum(), 1))
 
 
 @torch.no_grad()
@@ -201,46 +211,67 @@ def caching_cost(autoencoder, latent: torch.Tensor, chunk: int, repeats: int = 5
     )
 
 
-def compare(name: str, make_field: Callable, resolution: int, chunk: int, points: int) -> dict | None:
+def decoder_field(autoencoder, latent: torch.Tensor, kv_tokens) -> Callable:
+    """method -> field: the exact float32 decoder, in bfloat16 (decode_mesh's default), or with KV selection."""
+
+    def make(method: str):
+        if method == METHODS[3]:
+            return latent_field(autoencoder, latent, kv_tokens=kv_tokens)
+        dtype = torch.bfloat16 if method == METHODS[2] else torch.float32
+        return latent_field(autoencoder, latent, kv_tokens=None, dtype=dtype)
+
+    return make
+
+
+def compare(name: str, field: Callable, resolution: int, methods, chunk: int, points: int) -> list[dict]:
+    """One row per method; dense is measured once and is the reference of the others."""
     try:
-        dense, dense_q, dense_s = extract(make_field, resolution, False, chunk)
-        fine, fine_q, fine_s = extract(make_field, resolution, True, chunk)
+        dense, dense_grid_, dense_s = extract(field, resolution, "dense", chunk)
+        rows = [row(name, resolution, "dense", dense_grid_.queries, dense_s, dense_s, 1.0, 0.0)]
+        print(format_row(rows[-1]), flush=True)
+        for method in methods[1:]:
+            mesh, grid, seconds = extract(field, resolution, method, chunk)
+            iou, chamfer = volume_iou(dense_grid_.values, grid.values), mesh_chamfer(dense, mesh, points)
+            rows.append(row(name, resolution, method, grid.queries, seconds, dense_s, iou, chamfer))
+            print(format_row(rows[-1]), flush=True)
     except NoSurfaceError as error:
         print(f"{name:<22}{resolution:>5}  no surface ({error})", flush=True)
-        return None
-    row = {
+        return []
+    return rows
+
+
+def row(name, resolution, method, queries, seconds, dense_s, iou, chamfer) -> dict:
+    return {
         "name": name,
         "resolution": resolution,
-        "dense_q": dense_q,
-        "c2f_q": fine_q,
+        "method": method,
+        "queries": queries,
+        "seconds": seconds,
         "dense_s": dense_s,
-        "c2f_s": fine_s,
-        "chamfer": mesh_chamfer(dense, fine, points),
+        "iou": iou,
+        "chamfer": chamfer,
     }
-    print(format_row(row), flush=True)
-    return row
 
 
-HEADER = f"{'field':<22}{'res':>5}{'dense q':>12}{'c2f q':>11}{'q ratio':>9}{'dense s':>9}{'c2f s':>8}{'speedup':>9}{'chamfer-L1':>12}"
+HEADER = f"{'field':<22}{'res':>5}  {'method':<20}{'queries':>12}{'seconds':>9}{'speedup':>9}{'IoU':>8}{'chamfer-L1':>12}"
 
 
 def format_row(row: dict) -> str:
     return (
-        f"{row['name']:<22}{row['resolution']:>5}{row['dense_q']:>12,}{row['c2f_q']:>11,}"
-        f"{row['dense_q'] / row['c2f_q']:>9.1f}{row['dense_s']:>9.2f}{row['c2f_s']:>8.2f}"
-        f"{row['dense_s'] / row['c2f_s']:>9.1f}{row['chamfer']:>12.2e}"
+        f"{row['name']:<22}{row['resolution']:>5}  {row['method']:<20}{row['queries']:>12,}{row['seconds']:>9.2f}"
+        f"{row['dense_s'] / row['seconds']:>9.1f}{row['iou']:>8.4f}{row['chamfer']:>12.2e}"
     )
 
 
-def pooled(rows: list[dict], resolution: int) -> dict:
-    """Totals over the trained decoder's latents at one resolution (Chamfer averaged)."""
-    rows = [r for r in rows if r["resolution"] == resolution]
-    total = {k: sum(r[k] for r in rows) for k in ("dense_q", "c2f_q", "dense_s", "c2f_s")}
+def pooled(rows: list[dict], resolution: int, method: str) -> dict:
+    """Totals over a decoder's latents at one resolution (IoU and Chamfer averaged)."""
+    rows = [r for r in rows if r["resolution"] == resolution and r["method"] == method]
     return {
-        "name": f"decoder, {len(rows)} latents",
+        "name": f"{len(rows)} latents",
         "resolution": resolution,
-        **total,
-        "chamfer": float(np.mean([r["chamfer"] for r in rows])),
+        "method": method,
+        **{k: sum(r[k] for r in rows) for k in ("queries", "seconds", "dense_s")},
+        **{k: float(np.mean([r[k] for r in rows])) for k in ("iou", "chamfer")},
     }
 
 
@@ -253,21 +284,72 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--data", help="with --ckpt: the shard set whose last shard's shapes are decoded (else built)"
     )
-    parser.add_argument("--config", default="triplane_tiny.yaml", help="configs/autoencoder/ file to train")
+    parser.add_argument(
+        "--configs",
+        default="vecset_tiny.yaml,grid_tiny.yaml,triplane_tiny.yaml",
+        help="configs/autoencoder/ files to train, comma-separated",
+    )
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument(
         "--shapes", type=int, default=64, help="primitives to build (8 per shard, last shard held out)"
     )
-    parser.add_argument("--latents", type=int, default=2, help="held-out shapes to decode")
-    parser.add_argument("--resolutions", default="64,128,256", help="64 is what the demo samples at")
+    parser.add_argument("--latents", type=int, default=1, help="held-out shapes to decode per decoder")
+    parser.add_argument("--resolutions", default="64,256", help="64 is what the demo samples at")
     parser.add_argument(
-        "--chunk", type=int, default=2**16, help="points per decoder call (decode_mesh's default)"
+        "--chunk", type=int, default=2**14, help="points per decoder call (decode_mesh's default)"
+    )
+    parser.add_argument(
+        "--kv-tokens",
+        type=lambda text: float(text) if "." in text else int(text),
+        default=0.5,
+        help="tokens each region of a VecSet keeps with KV selection: a share (0.5) or a count (16)",
     )
     parser.add_argument("--points", type=int, default=20000, help="points sampled on each mesh for Chamfer")
     parser.add_argument(
         "--work", help="folder for the shards and the training run (default: a temporary folder)"
     )
     return parser.parse_args()
+
+
+def benchmark_decoder(ckpt: Path, data: Path, resolutions: list[int], args) -> dict[int, dict[str, dict]]:
+    """Rows of one decoder's latents, printed as they come; returns {resolution: {method: pooled row}}."""
+    autoencoder = load_autoencoder(ckpt)
+    latents = held_out_latents(autoencoder, data, args.latents)
+    print(f"\ncheckpoint {ckpt} ({type(autoencoder).__name__}, latent {autoencoder.latent_shape})")
+    print(caching_cost(autoencoder, latents[0][1], args.chunk))
+    print(HEADER)
+    rows: list[dict] = []
+    methods = METHODS if isinstance(autoencoder, VecSetVAE) else METHODS[:3]  # KV selection: VecSet only
+    for resolution in resolutions:
+        for key, latent in latents:
+            field = decoder_field(autoencoder, latent, args.kv_tokens)
+            rows += compare(f"decoder {key[-12:]}", field, resolution, methods, args.chunk, args.points)
+    print("pooled over the latents (sum of queries and seconds, mean IoU and Chamfer):")
+    summary = {}
+    for resolution in resolutions:
+        if any(r["resolution"] == resolution for r in rows):
+            summary[resolution] = {m: pooled(rows, resolution, m) for m in methods}
+            for pooled_row in summary[resolution].values():
+                print(format_row(pooled_row))
+    return summary
+
+
+def machine_line(summaries: dict[str, dict[int, dict[str, dict]]], resolution: int = 256) -> str:
+    """`<decoder>:<metric>_256=<value>` for coarse-to-fine (c2f_), in bfloat16 (bf16_), with KV selection (kv_)."""
+    fields = []
+    for name, summary in summaries.items():
+        methods = summary.get(resolution, {})
+        for prefix, method in zip(("c2f", "bf16", "kv"), METHODS[1:]):
+            r = methods.get(method)
+            speedup, iou, chamfer = (
+                (r["dense_s"] / r["seconds"], r["iou"], r["chamfer"]) if r else (np.nan,) * 3
+            )
+            fields += [
+                f"{name}:{prefix}_speedup_{resolution}={speedup:.2f}",
+                f"{name}:{prefix}_iou_{resolution}={iou:.4f}",
+                f"{name}:{prefix}_chamfer_{resolution}={chamfer:.2e}",
+            ]
+    return " ".join(fields)
 
 
 def main() -> None:
@@ -278,45 +360,20 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = Path(args.data) if args.data else build_shapes(work, args.shapes)
-    ckpt = Path(args.ckpt) if args.ckpt else train(args.config, data, work, args.steps)
-    autoencoder = load_autoencoder(ckpt)
-    latents = held_out_latents(autoencoder, data, args.latents)
+    configs = [args.ckpt] if args.ckpt else args.configs.split(",")
+    ckpts = {Path(c).stem: Path(c) if args.ckpt else train(c, data, work, args.steps) for c in configs}
     print(
-        f"\ncheckpoint {ckpt} ({type(autoencoder).__name__}, latent {autoencoder.latent_shape}); "
-        f"setup {time.perf_counter() - start:.0f} s"
+        f"\nsetup {time.perf_counter() - start:.0f} s; torch threads = {torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}); coarse-to-fine from {START_RESOLUTION}^3; "
+        f"chunk {args.chunk}; Chamfer-L1 on {args.points} points per mesh; IoU of the grids' inside"
     )
-    print(
-        f"torch threads = {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}); "
-        f"coarse-to-fine from {START_RESOLUTION}^3; chunk {args.chunk}; Chamfer-L1 on {args.points} points per mesh"
-    )
-    print(caching_cost(autoencoder, latents[0][1], args.chunk))
     print(HEADER)
-    rows: list[dict] = []
     for resolution in resolutions:
         for name, field in (("sphere (analytic)", sphere), ("torus (analytic)", torus)):
-            compare(name, lambda f=field: f, resolution, args.chunk, args.points)
-        for key, latent in latents:
-            row = compare(
-                f"decoder {key[-12:]}",
-                lambda z=latent: latent_field(autoencoder, z),
-                resolution,
-                args.chunk,
-                args.points,
-            )
-            rows += [row] if row else []
-    print("pooled over the decoder's latents (sum of queries and seconds, mean Chamfer):")
-    summary = {r: pooled(rows, r) for r in resolutions if any(row["resolution"] == r for row in rows)}
-    for row in summary.values():
-        print(format_row(row))
+            compare(name, lambda method, f=field: f, resolution, METHODS[:2], args.chunk, args.points)
+    summaries = {name: benchmark_decoder(ckpt, data, resolutions, args) for name, ckpt in ckpts.items()}
     print(f"total {time.perf_counter() - start:.0f} s")
-    last = summary.get(256)
-    if last is None:
-        print("query_ratio_256=nan speedup_256=nan chamfer_256=nan")
-    else:
-        print(
-            f"query_ratio_256={last['dense_q'] / last['c2f_q']:.2f} speedup_256={last['dense_s'] / last['c2f_s']:.2f} "
-            f"chamfer_256={last['chamfer']:.2e}"
-        )
+    print(machine_line(summaries))
 
 
 if __name__ == "__main__":

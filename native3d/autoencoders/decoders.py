@@ -140,11 +140,9 @@ class QueryCrossAttentionHead(nn.Module):
         """The `k` tokens with the most attention from the anchor points, kept in their order.
 
         Attention is summed over the anchors, so the chosen tokens carry the most of the region's
-        attention mass; what the rest carried is what the fine queries lose. With k >= M the
+        attention mass; what the rest carried is what the fine queries lose. With k = M the
         tokens come back unchanged.
         """
-        if k >= tokens.shape[1]:
-            return tokens
         mass = self.attention_weights(tokens, anchors).sum(dim=1)  # (B, M)
         index = mass.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)
         return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
