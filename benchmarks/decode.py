@@ -1,23 +1,25 @@
 """Mesh extraction from a trained decoder: dense vs coarse-to-fine evaluation, on one CPU thread.
 
-For each field and resolution (cells per axis) it extracts the zero level set twice, with
-`dense_grid` (every one of (R+1)^3 corners) and with `coarse_to_fine_grid` (from 32^3, refining
-only cells that can hold the surface), and reports decoder queries, wall seconds (decoder
-features + grid evaluation + marching cubes, i.e. what `decode_mesh` costs) and the Chamfer-L1
-distance between the two meshes (`native3d.metrics.chamfer_distance`, convention "l1", on
+For each field and resolution (cells per axis) it extracts the zero level set with `dense_grid`
+(every one of (R+1)^3 corners, the exact float32 decoder, measured once per latent) and with
+`coarse_to_fine_grid` (from 32^3, refining only cells that can hold the surface): exact, with
+bfloat16 queries, and (VecSet only) with bfloat16 and FlashVDM's adaptive KV selection. It reports
+decoder queries, wall seconds (decoder features + grid evaluation + marching cubes, i.e. what
+`decode_mesh` costs), the speedup against dense in the same run, the IoU of the two grids' inside
+(sdf < 0) and the Chamfer-L1 distance between the meshes (`native3d.metrics.chamfer_distance` on
 `--points` points sampled from each mesh with the same fixed seed, so that sampling noise cancels).
 
 Fields:
   - analytic sphere and torus (exact SDFs, almost free to evaluate), for reference;
   - a trained autoencoder's decoder on latents (posterior mode) of held-out shapes. Without
     `--ckpt` the script builds a small primitives shard set with the real data-prep job and
-    trains `configs/autoencoder/<--config>` briefly through `native3d fit` into `--work`
+    trains each of `configs/autoencoder/<--configs>` briefly through `native3d fit` into `--work`
     (reused when present); the last shard is held out from training and its shapes are decoded.
 
     PYTHONPATH=. .venv/bin/python benchmarks/decode.py [--ckpt AE.ckpt] [--latents 2] [--steps 300]
 
-The last line is machine-readable: `query_ratio_256=<x> speedup_256=<y> chamfer_256=<z>`
-(the trained decoder's latents pooled: total dense / total c2f queries and seconds, mean Chamfer).
+The last line is machine-readable: `<config>:<c2f|bf16|kv>_<speedup|iou|chamfer>_256=<x>` for each
+decoder (its latents pooled: total dense / total seconds, mean IoU and Chamfer).
 """
 
 from __future__ import annotations
