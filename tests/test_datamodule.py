@@ -102,16 +102,16 @@ def test_batches_carry_the_sharp_points_and_training_draws_a_subset_of_them(prim
         batches_per_epoch=3,
     )
     stored = {i: s for b in data.val_dataloader() for i, s in zip(b["id"], b["sharp"])}
-    assert len(stored) == 24 and all(s.shape == (2048, 6) for s in stored.values()), "validation keeps all"
+    assert len(stored) == 24 and all(s.shape == (128, 6) for s in stored.values()), "validation keeps all"
     for batch in data.train_dataloader():
         assert batch["sharp"].shape == (4, 32, 6) and batch["surface"].shape == (4, 512, 6)
         for i, sharp in zip(batch["id"], batch["sharp"]):
             rows = {tuple(r) for r in stored[i].tolist()}
             assert {tuple(r) for r in sharp.tolist()} <= rows
     whole = ShardDataModule(str(primitive_shards), batch_size=2, num_workers=0, batches_per_epoch=1)
-    assert next(iter(whole.train_dataloader()))["sharp"].shape == (2, 2048, 6), "without sharp_points: all"
-    with pytest.raises(InputError, match=rf"{primitive_shards.name}.*sharp_points=2049.*2048"):
-        ShardDataModule(str(primitive_shards), sharp_points=2049)
+    assert next(iter(whole.train_dataloader()))["sharp"].shape == (2, 128, 6), "without sharp_points: all"
+    with pytest.raises(InputError, match=rf"{primitive_shards.name}.*sharp_points=129.*128"):
+        ShardDataModule(str(primitive_shards), sharp_points=129)
 
 
 @pytest.fixture(scope="module")

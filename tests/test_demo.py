@@ -48,7 +48,7 @@ def tiny_demo(monkeypatch):
 
 
 @pytest.mark.timeout(900)
-def test_the_demo_writes_its_report_and_a_rerun_reuses_every_stage(tiny_demo, tmp_path, capsys):
+def test_the_demo_writes_its_report_and_a_rerun_reuses_every_stage(tiny_demo, tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert demo.run_demo(str(out), run, workers=1) == 0
     stages = json.loads((out / "stages.json").read_text())
@@ -81,13 +81,9 @@ def test_the_demo_writes_its_report_and_a_rerun_reuses_every_stage(tiny_demo, tm
     assert json.loads((out / "stages.json").read_text()) == stages
     assert "## Diffusion training loss" in report and "too few logged steps" in report
 
-
-def test_a_collapsed_autoencoder_stops_the_demo_naming_it(tiny_demo, tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "AUTOENCODERS", {"vecset": "vecset_tiny.yaml"})
-    monkeypatch.setattr(demo, "MIN_HELD_OUT_IOU", 1.01)  # no model reaches it
+    monkeypatch.setattr(demo, "MIN_HELD_OUT_IOU", 1.01)  # no autoencoder reaches it
     with pytest.raises(BadModelError, match=r"autoencoder vecset: held-out IoU .* it has collapsed"):
-        demo.run_demo(str(tmp_path / "demo"), run, workers=1)
-    assert not (tmp_path / "demo" / "diffusion").exists(), "nothing is trained on it"
+        demo.run_demo(str(out), run, workers=1)
 
 
 def test_a_loss_that_does_not_fall_is_named(tmp_path):
