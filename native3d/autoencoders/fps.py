@@ -2,14 +2,14 @@
 
 Greedy FPS: start from one point, then repeatedly take the point farthest from those chosen so far.
 It is inherently sequential in its M steps. On CPU the exact greedy FPS of `fpsample` (C++, one
-shape at a time) does each step without a tensor allocation: 15x faster than the torch loop at
-the CPU benchmark's 128 of 2,048 points, 4.5x at Dora's 2,048 of 32,768 (docs/results.md). On a
+shape at a time) does each step without a tensor allocation, several times faster than the
+torch loop (`benchmarks/fps.py`, figures in docs/results.md). On a
 GPU the batched torch loop below keeps the points on the device: each step is a handful of kernels
 over all B x N points.
 
 Both give the same indices for the same start, in the order they were chosen, so the first M' of
 an M-point sample are the M'-point sample. `fpsample`'s bucket (QuickFPS) variant is exact too and
-15x faster again at Dora's sizes, but in fpsample 1.0.2 its `start_idx` indexes the points in its
+faster again, but in fpsample 1.0.2 its `start_idx` indexes the points in its
 KD-tree's order, not the input's, so it cannot start where the torch loop does; it is not used.
 """
 

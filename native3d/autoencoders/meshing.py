@@ -23,7 +23,7 @@ from native3d.autoencoders.bottleneck import LatentAutoencoder
 from native3d.autoencoders.decoders import QueryCrossAttentionHead
 from native3d.geometry.marching_cubes import Field, extract_mesh
 
-KV_TOKENS = None  # off: on the CPU-trained VecSets of benchmarks/decode.py it costs IoU (docs/results.md)
+KV_TOKENS = None  # off: KV selection is not exact enough to be the default (docs/results.md, Decoding)
 
 
 class LatentField:
@@ -97,7 +97,7 @@ def decode_mesh(
 
     `fast` queries coarse-to-fine decoding in bfloat16 with `kv_tokens` KV selection; otherwise, and
     with `coarse_to_fine=False` (every grid corner), the decoder is the exact float32 one. Not the
-    default: on benchmarks/decode.py's trained VecSet, bfloat16 moves the mesh by Chamfer-L1 1e-2.
+    default: bfloat16 moves the mesh measurably (docs/results.md, Decoding).
     """
     if fast and coarse_to_fine:
         field = latent_field(autoencoder, latent, kv_tokens, torch.bfloat16)
