@@ -2,8 +2,9 @@
 
 For each field and resolution (cells per axis) it extracts the zero level set with `dense_grid`
 (every one of (R+1)^3 corners, the exact float32 decoder, measured once per latent) and with
-`coarse_to_fine_grid` (from 32^3, refining only cells that can hold the surface): exact, with
-bfloat16 queries, and (VecSet only) with bfloat16 and FlashVDM's adaptive KV selection. It reports
+`coarse_to_fine_grid` (from 32^3, refining only cells that can hold the surface, then tracing the
+surface): exact, with only the cells that change sign (safety 0), with bfloat16 queries, and (VecSet
+only) with bfloat16 and FlashVDM's adaptive KV selection. It reports
 decoder queries, wall seconds (decoder features + grid evaluation + marching cubes, i.e. what
 `decode_mesh` costs), the speedup against dense in the same run, the IoU of the two grids' inside
 (sdf < 0) and the Chamfer-L1 distance between the meshes (`native3d.metrics.chamfer_distance` on
@@ -18,7 +19,7 @@ Fields:
 
     PYTHONPATH=. .venv/bin/python benchmarks/decode.py [--ckpt AE.ckpt] [--latents 2] [--steps 300]
 
-The last line is machine-readable: `<config>:<c2f|bf16|kv>_<speedup|iou|chamfer>_256=<x>` for each
+The last line is machine-readable: `<config>:<c2f|sign|bf16|kv>_<speedup|iou|chamfer>_256=<x>` for each
 decoder (its latents pooled: total dense / total seconds, mean IoU and Chamfer).
 """
 
@@ -166,7 +167,8 @@ def torus(points: np.ndarray) -> np.ndarray:
     return np.hypot(ring, points[:, 2]) - 0.2
 
 
-METHODS = ("dense", "coarse-to-fine", "c2f + bfloat16", "c2f + bf16 + KV sel.")
+METHODS = ("dense", "coarse-to-fine", "c2f, sign only", "c2f + bfloat16", "c2f + bf16 + KV sel.")
+SIGN_ONLY = METHODS[2]  # coarse-to-fine with safety 0: only the cells that change sign, then tracing
 
 
 def extract(field: Callable, resolution: int, method: str, chunk: int):
@@ -176,7 +178,8 @@ def extract(field: Callable, resolution: int, method: str, chunk: int):
     if method == "dense":
         grid = dense_grid(field, resolution, chunk)
     else:
-        grid = coarse_to_fine_grid(field, resolution, START_RESOLUTION, chunk=chunk)
+        safety = 0.0 if method == SIGN_ONLY else 1.5
+        grid = coarse_to_fine_grid(field, resolution, START_RESOLUTION, safety=safety, chunk=chunk)
     vertices, faces = marching_cubes(grid.values)
     return trimesh.Trimesh(vertices, faces, process=False), grid, time.perf_counter() - start
 
@@ -217,9 +220,9 @@ def decoder_field(autoencoder, latent: torch.Tensor, kv_tokens) -> Callable:
     """method -> field: the exact float32 decoder, in bfloat16 (decode_mesh's default), or with KV selection."""
 
     def make(method: str):
-        if method == METHODS[3]:
+        if method == METHODS[4]:
             return latent_field(autoencoder, latent, kv_tokens=kv_tokens)
-        dtype = torch.bfloat16 if method == METHODS[2] else torch.float32
+        dtype = torch.bfloat16 if method == METHODS[3] else torch.float32
         return latent_field(autoencoder, latent, kv_tokens=None, dtype=dtype)
 
     return make
@@ -321,7 +324,7 @@ def benchmark_decoder(ckpt: Path, data: Path, resolutions: list[int], args) -> d
     print(caching_cost(autoencoder, latents[0][1], args.chunk))
     print(HEADER)
     rows: list[dict] = []
-    methods = METHODS if isinstance(autoencoder, VecSetVAE) else METHODS[:3]  # KV selection: VecSet only
+    methods = METHODS if isinstance(autoencoder, VecSetVAE) else METHODS[:4]  # KV selection: VecSet only
     for resolution in resolutions:
         for key, latent in latents:
             field = decoder_field(autoencoder, latent, args.kv_tokens)
@@ -337,11 +340,12 @@ def benchmark_decoder(ckpt: Path, data: Path, resolutions: list[int], args) -> d
 
 
 def machine_line(summaries: dict[str, dict[int, dict[str, dict]]], resolution: int = 256) -> str:
-    """`<decoder>:<metric>_256=<value>` for coarse-to-fine (c2f_), in bfloat16 (bf16_), with KV selection (kv_)."""
+    """`<decoder>:<metric>_256=<value>` for coarse-to-fine (c2f_), sign only (sign_), in bfloat16 (bf16_),
+    with KV selection (kv_)."""
     fields = []
     for name, summary in summaries.items():
         methods = summary.get(resolution, {})
-        for prefix, method in zip(("c2f", "bf16", "kv"), METHODS[1:]):
+        for prefix, method in zip(("c2f", "sign", "bf16", "kv"), METHODS[1:]):
             r = methods.get(method)
             speedup, iou, chamfer = (
                 (r["dense_s"] / r["seconds"], r["iou"], r["chamfer"]) if r else (np.nan,) * 3
@@ -372,7 +376,7 @@ def main() -> None:
     print(HEADER)
     for resolution in resolutions:
         for name, field in (("sphere (analytic)", sphere), ("torus (analytic)", torus)):
-            compare(name, lambda method, f=field: f, resolution, METHODS[:2], args.chunk, args.points)
+            compare(name, lambda method, f=field: f, resolution, METHODS[:3], args.chunk, args.points)
     summaries = {name: benchmark_decoder(ckpt, data, resolutions, args) for name, ckpt in ckpts.items()}
     print(f"total {time.perf_counter() - start:.0f} s")
     print(machine_line(summaries))

@@ -99,3 +99,25 @@ def test_dense_and_coarse_to_fine_decode_the_same_mesh(trained_sphere):
     # ... and coarse-to-fine did skip most of the grid on the way.
     field = latent_field(model, latent)
     assert coarse_to_fine_grid(field, 64, start_resolution=32).queries * 2 < dense_grid(field, 64).queries
+
+
+def finned_sphere(points: np.ndarray) -> np.ndarray:
+    """A sphere with a fin 0.024 thick whose faces lie between the 32^3 grid's samples (z = 0, 0.0625)."""
+    sphere = np.linalg.norm(points, axis=1) - RADIUS
+    fin = np.maximum.reduce(
+        [np.abs(points[:, 2] - 0.03) - 0.012, np.abs(points[:, 0]) - 0.9, np.abs(points[:, 1]) - 0.1]
+    )
+    return np.minimum(sphere, fin)
+
+
+def test_coarse_to_fine_traces_a_part_that_the_coarse_grid_misses(monkeypatch):
+    import native3d.geometry.marching_cubes as mc
+
+    dense = dense_grid(finned_sphere, 128)
+    traced = coarse_to_fine_grid(finned_sphere, 128, start_resolution=32, safety=0.0)
+    np.testing.assert_array_equal(traced.values < 0, dense.values < 0)
+    assert traced.queries * 10 < dense.queries
+    # Without tracing the fin ends where the sphere's crossing cells do: the test sees what tracing adds.
+    monkeypatch.setattr(mc, "unknown_corners_of_crossings", lambda *args: np.zeros(0, dtype=np.int64))
+    cut = coarse_to_fine_grid(finned_sphere, 128, start_resolution=32, safety=0.0)
+    assert ((cut.values < 0) != (dense.values < 0)).sum() > 100

@@ -12,6 +12,12 @@ zero level set only if a corner is within h*sqrt(3)/2 of it, so cells whose corn
 |sdf| above that bound (with a safety factor for fields that are not exact distances) and the same
 sign are skipped; their fine samples take trilinear estimates, which keep the sign, so marching
 cubes puts no triangle there. The fine samples that coincide with coarse ones are not asked again.
+Then the surface is traced: a fine cell that changes sign but has a corner that was only estimated
+gets that corner evaluated, until every crossing cell has evaluated corners alone. A surface that
+leaves the kept cells (the field is not an exact distance, or a thin part passed between coarse
+samples) is followed there rather than cut off. With `safety` 0 only the cells that change sign are
+kept and tracing does the rest: far fewer queries, but a part that no coarse sample sees (a
+floater smaller than a coarse cell) is not found.
 
 A field may also specialise itself to a region of space (`RegionalField.refine`): then every
 level's samples are evaluated region by region, a region being a block of `region` x `region` x
@@ -85,7 +91,12 @@ def coarse_to_fine_grid(
 ) -> FieldGrid:
     """Evaluates `field` only near its zero level set; `resolution` / `start_resolution` must be a power of 2.
 
-    `region`: start-grid cells per axis of a region, for a `RegionalField` (ignored by other fields).
+    Each level refines the coarser grid's cells that change sign or whose corners lie within `safety`
+    half-diagonals of the surface (0: sign changes only), then follows the surface: while a fine cell that changes sign has a
+    corner that was only interpolated, that corner is evaluated too, so the surface is traced
+    wherever it leaves the marked cells and marching cubes meets only evaluated corners around a
+    crossing. `region`: start-grid cells per axis of a region, for a `RegionalField` (ignored by
+    other fields).
     """
     levels = int(np.log2(resolution // start_resolution))
     if start_resolution * 2**levels != resolution:
@@ -94,19 +105,54 @@ def coarse_to_fine_grid(
         )
     grid = dense_grid(field, start_resolution, chunk)
     values, queries = grid.values, grid.queries
+    known = np.ones(values.shape, dtype=bool)  # which samples the field gave (the rest are interpolated)
     for level in range(1, levels + 1):
         cells = start_resolution * 2**level
-        active = active_cells(values, cell_size=2.0 / (cells // 2), safety=safety)  # (c, c, c) coarse cells
-        wanted = fine_samples_of(active)  # (2c+1,)^3 fine sample mask
-        wanted[::2, ::2, ::2] = False  # samples of the coarser grid: known already
+        active = active_cells(values, cell_size=2.0 / (cells // 2), safety=safety)
+        wanted = corners_of(active.repeat(2, 0).repeat(2, 1).repeat(2, 2))  # (2c+1,)^3 fine samples
         values = upsample(values, cells + 1)
-        index = np.argwhere(wanted)  # (P, 3)
-        if isinstance(field, RegionalField):
-            values[tuple(index.T)] = evaluate_by_region(field, index, cells, start_resolution, region, chunk)
-        else:
-            values[wanted] = evaluate(field, index_to_coord(index, cells + 1).astype(np.float32), chunk)
-        queries += len(index)
+        coarse_known, known = known, np.zeros(values.shape, dtype=bool)
+        known[::2, ::2, ::2] = coarse_known  # samples of the coarser grid the field gave: not asked again
+        index = np.flatnonzero(wanted & ~known)  # flat sample indices
+        while len(index):
+            queries += evaluate_at(field, values, index, start_resolution, region, chunk)
+            known.flat[index] = True
+            index = unknown_corners_of_crossings(values, known, index)
     return FieldGrid(values, queries)
+
+
+CORNERS = np.array(
+    [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+)  # (8, 3) a cell's corner offsets
+
+
+def unknown_corners_of_crossings(values: np.ndarray, known: np.ndarray, changed: np.ndarray) -> np.ndarray:
+    """Flat indices of the interpolated corners of the cells that touch the `changed` samples (flat
+    indices) and change sign: where the surface goes next."""
+    shape = values.shape
+    samples = np.stack(np.unravel_index(changed, shape), axis=-1)  # (P, 3)
+    cells = (samples[:, None] - CORNERS).reshape(-1, 3)  # every cell that has one of them as a corner
+    cells = cells[((cells >= 0) & (cells < np.array(shape) - 1)).all(axis=1)]
+    cells = np.unique(np.ravel_multi_index(tuple(cells.T), shape))  # a cell is named by its lowest corner
+    corners = np.ravel_multi_index(
+        tuple((np.stack(np.unravel_index(cells, shape), axis=-1)[:, None] + CORNERS).reshape(-1, 3).T), shape
+    ).reshape(-1, 8)  # (C, 8)
+    inside = values.flat[corners] < 0
+    corners = np.unique(corners[inside.any(axis=1) & ~inside.all(axis=1)])
+    return corners[~known.flat[corners]]
+
+
+def evaluate_at(
+    field: Field, values: np.ndarray, index: np.ndarray, start_resolution: int, region: int, chunk: int
+) -> int:
+    """Writes the field at the samples `index` (flat) of the corner grid `values` in place; returns their count."""
+    cells = values.shape[0] - 1
+    samples = np.stack(np.unravel_index(index, values.shape), axis=-1)  # (P, 3)
+    if isinstance(field, RegionalField):
+        values.flat[index] = evaluate_by_region(field, samples, cells, start_resolution, region, chunk)
+    else:
+        values.flat[index] = evaluate(field, index_to_coord(samples, cells + 1).astype(np.float32), chunk)
+    return len(index)
 
 
 def evaluate_by_region(
@@ -130,24 +176,23 @@ def evaluate_by_region(
 
 
 def active_cells(values: np.ndarray, cell_size: float, safety: float) -> np.ndarray:
-    """Cells whose 8 corners change sign or come within the bound of the surface."""
+    """Cells whose 8 corners change sign or come within `safety` half-diagonals of the surface."""
     corners = np.stack(
         [
             values[i : values.shape[0] - 1 + i, j : values.shape[1] - 1 + j, k : values.shape[2] - 1 + k]
-            for i in (0, 1)
-            for j in (0, 1)
-            for k in (0, 1)
+            for i, j, k in CORNERS
         ]
     )
-    near = np.abs(corners).min(axis=0) < safety * cell_size * np.sqrt(3) / 2
-    return near | ((corners.min(axis=0) < 0) & (corners.max(axis=0) > 0))
+    active = (corners.min(axis=0) < 0) & (corners.max(axis=0) > 0)
+    if safety > 0:
+        active |= np.abs(corners).min(axis=0) < safety * cell_size * np.sqrt(3) / 2
+    return active
 
 
-def fine_samples_of(active: np.ndarray) -> np.ndarray:
-    """The fine-grid samples (two per coarse cell and axis, plus the far face) inside active cells."""
-    fine_cells = active.repeat(2, 0).repeat(2, 1).repeat(2, 2)  # (2c, 2c, 2c)
-    padded = np.pad(fine_cells, 1)
-    samples = np.zeros(tuple(s + 1 for s in fine_cells.shape), dtype=bool)
+def corners_of(cells: np.ndarray) -> np.ndarray:
+    """The corner samples (c+1,)^3 of a (c, c, c) cell mask."""
+    padded = np.pad(cells, 1)
+    samples = np.zeros(tuple(s + 1 for s in cells.shape), dtype=bool)
     for i in (0, 1):
         for j in (0, 1):
             for k in (0, 1):
