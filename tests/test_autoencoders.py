@@ -375,9 +375,9 @@ def test_bce_and_eikonal_give_finite_gradients(preset, batch):
         points=points,
         iou_weight=0.5,
     )
-    assert set(terms) == {"recon", "kl", "iou", "eikonal", "loss"}
+    assert set(terms) == {"recon", "kl", "soft_iou", "eikonal", "loss"}
     terms["loss"].backward()
-    assert torch.isfinite(terms["loss"]) and terms["eikonal"] > 0 and 0 < terms["iou"] < 1
+    assert torch.isfinite(terms["loss"]) and terms["eikonal"] > 0 and 0 < terms["soft_iou"] < 1
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
@@ -410,12 +410,12 @@ def test_soft_iou_weighs_a_thin_shape_like_a_thick_one():
     empty = torch.full_like(target, 0.05)  # a decoder that misses every shape's inside
     terms = autoencoder_loss(empty, target, posterior, 0.0, 0.1, kind="bce", iou_weight=1.0, reduction="none")
     assert terms["recon"][1] < terms["recon"][0] / 20, "cross-entropy barely sees the thin shape's loss"
-    torch.testing.assert_close(terms["iou"], torch.tensor([1.0, 1.0]), atol=0.05, rtol=0)  # IoU sees both
-    torch.testing.assert_close(terms["loss"], terms["recon"] + terms["iou"])
+    torch.testing.assert_close(terms["soft_iou"], torch.tensor([1.0, 1.0]), atol=0.05, rtol=0)  # IoU sees both
+    torch.testing.assert_close(terms["loss"], terms["recon"] + terms["soft_iou"])
     sure = autoencoder_loss(
         10 * target, target, posterior, 0.0, 0.1, kind="bce", iou_weight=1.0, reduction="none"
     )
-    torch.testing.assert_close(sure["iou"], torch.zeros(2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(sure["soft_iou"], torch.zeros(2), atol=1e-3, rtol=0)
     # A shape with nothing inside, predicted empty, costs nothing; with a one-point phantom inside, 1/2.
     nothing = torch.full((1, 10), 1.0)
     torch.testing.assert_close(soft_iou_loss(nothing, nothing), torch.zeros(1), atol=1e-6, rtol=0)
@@ -432,8 +432,8 @@ def test_the_training_module_adds_the_soft_iou_term_by_its_weight(batch, iou_wei
         terms = module.step(
             {**batch, "id": [f"sphere{i}" for i in range(B)]}, "val"
         )  # val: the posterior mode
-    assert ("iou" in terms) == (iou_weight > 0)
-    expected = terms["recon"] + 1e-3 * terms["kl"] + iou_weight * terms.get("iou", 0.0)
+    assert ("soft_iou" in terms) == (iou_weight > 0)
+    expected = terms["recon"] + 1e-3 * terms["kl"] + iou_weight * terms.get("soft_iou", 0.0)
     torch.testing.assert_close(terms["loss"], expected)
 
 

@@ -11,10 +11,10 @@
   level 0 and share `decode`; `occupancy_scale` sets how sharp the implied occupancy is in
   distance units (the output has logit 1 at distance `occupancy_scale` from the surface).
   Such an output is signed but not a distance: far from the surface its magnitude is whatever
-  makes the classifier confident. Coarse-to-fine meshing skips cells whose corners all lie
-  farther than a cell from the surface, which assumes a distance, so mesh BCE-trained models
-  densely (`native3d sample --dense`) when thin parts matter.
-- "iou": 1 - soft IoU of the implied occupancy with the target's, per shape (the Jaccard loss
+  makes the classifier confident. Coarse-to-fine meshing keeps the cells whose corners lie within
+  a cell of the surface, which assumes a distance, and then traces the surface from every crossing
+  it saw; a part that no coarse sample sees is found only by `native3d sample --dense`.
+- "soft_iou": 1 - soft IoU of the implied occupancy with the target's, per shape (the Jaccard loss
   of segmentation, Rahman & Wang 2016). Volume IoU is a per-shape score, and for a thin shape
   (a tray, a chair: a few percent of the cube inside) missing its inside costs little
   cross-entropy but most of its IoU; this term weighs every shape's inside alike. The
@@ -101,7 +101,7 @@ def autoencoder_loss(
     reduction: Literal["mean", "none"] = "mean",
     iou_weight: float = 0.0,
 ) -> dict[str, Tensor]:
-    """The terms "recon", "kl", ["iou"], ["eikonal"] and their weighted sum "loss".
+    """The terms "recon", "kl", ["soft_iou"], ["eikonal"] and their weighted sum "loss".
 
     With `reduction="none"` every term has shape (B,), otherwise it is averaged over the batch.
     The eikonal term needs the `points` that produced `sdf_pred`, with `requires_grad` set.
@@ -112,8 +112,8 @@ def autoencoder_loss(
     }
     loss = terms["recon"] + kl_weight * terms["kl"]
     if iou_weight > 0:
-        terms["iou"] = soft_iou_loss(sdf_pred, sdf_target, occupancy_scale)
-        loss = loss + iou_weight * terms["iou"]
+        terms["soft_iou"] = soft_iou_loss(sdf_pred, sdf_target, occupancy_scale)
+        loss = loss + iou_weight * terms["soft_iou"]
     if eikonal_weight > 0:
         if points is None:
             raise ValueError("eikonal_weight > 0 needs the query points")
