@@ -410,7 +410,8 @@ def test_soft_iou_weighs_a_thin_shape_like_a_thick_one():
     empty = torch.full_like(target, 0.05)  # a decoder that misses every shape's inside
     terms = autoencoder_loss(empty, target, posterior, 0.0, 0.1, kind="bce", iou_weight=1.0, reduction="none")
     assert terms["recon"][1] < terms["recon"][0] / 20, "cross-entropy barely sees the thin shape's loss"
-    torch.testing.assert_close(terms["soft_iou"], torch.tensor([1.0, 1.0]), atol=0.05, rtol=0)  # IoU sees both
+    # IoU sees both
+    torch.testing.assert_close(terms["soft_iou"], torch.tensor([1.0, 1.0]), atol=0.05, rtol=0)
     torch.testing.assert_close(terms["loss"], terms["recon"] + terms["soft_iou"])
     sure = autoencoder_loss(
         10 * target, target, posterior, 0.0, 0.1, kind="bce", iou_weight=1.0, reduction="none"
