@@ -39,8 +39,8 @@ SHARD_SETS = {  # name -> `native3d prep build` source arguments
     "primitives_heldout": ["--source", "primitives", "--count", "48", "--seed", "1", "--shard-size", "24"],
     "pybullet": ["--source", "pybullet", "--limit", "48", "--shard-size", "24"],
 }
-# name -> (config, budget: multiples of AE_STEPS and AE_MINUTES). The VecSet learns slowest: at one
-# budget it stops at a held-out IoU of ~0.3.
+# name -> (config, budget: multiples of AE_STEPS and AE_MINUTES); the VecSet learns slowest
+# (docs/results.md, The demo).
 AUTOENCODERS = {
     "vecset": ("vecset_tiny.yaml", 3),
     "grid": ("grid_tiny.yaml", 1),

@@ -91,11 +91,11 @@ def coarse_to_fine_grid(
 ) -> FieldGrid:
     """Evaluates `field` only near its zero level set; `resolution` / `start_resolution` must be a power of 2.
 
-    Each level refines the coarser grid's cells that change sign or whose corners lie within `safety`
-    half-diagonals of the surface (0: sign changes only), then follows the surface: while a fine cell that changes sign has a
-    corner that was only interpolated, that corner is evaluated too, so the surface is traced
-    wherever it leaves the marked cells and marching cubes meets only evaluated corners around a
-    crossing. `region`: start-grid cells per axis of a region, for a `RegionalField` (ignored by
+    Each level refines the coarser grid's cells that change sign or whose corners lie within
+    `safety` half-diagonals of the surface (0: sign changes only), then follows the surface: while a
+    fine cell that changes sign has a corner that was only interpolated, that corner is evaluated
+    too, so the surface is traced wherever it leaves the marked cells and marching cubes meets only
+    evaluated corners around a crossing. `region`: start-grid cells per axis of a region, for a `RegionalField` (ignored by
     other fields).
     """
     levels = int(np.log2(resolution // start_resolution))
@@ -121,9 +121,8 @@ def coarse_to_fine_grid(
     return FieldGrid(values, queries)
 
 
-CORNERS = np.array(
-    [(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)]
-)  # (8, 3) a cell's corner offsets
+# (8, 3): the offsets of a cell's corners from its lowest one
+CORNERS = np.array([(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)])
 
 
 def unknown_corners_of_crossings(values: np.ndarray, known: np.ndarray, changed: np.ndarray) -> np.ndarray:
@@ -193,12 +192,8 @@ def corners_of(cells: np.ndarray) -> np.ndarray:
     """The corner samples (c+1,)^3 of a (c, c, c) cell mask."""
     padded = np.pad(cells, 1)
     samples = np.zeros(tuple(s + 1 for s in cells.shape), dtype=bool)
-    for i in (0, 1):
-        for j in (0, 1):
-            for k in (0, 1):
-                samples |= padded[
-                    i : i + samples.shape[0], j : j + samples.shape[1], k : k + samples.shape[2]
-                ]
+    for i, j, k in CORNERS:
+        samples |= padded[i : i + samples.shape[0], j : j + samples.shape[1], k : k + samples.shape[2]]
     return samples
 
 
