@@ -20,7 +20,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import Tensor, nn
 
 from native3d.autoencoders.bottleneck import LatentAutoencoder, autoencoder_from_config
@@ -38,6 +37,7 @@ from native3d.diffusion import (
 from native3d.errors import InputError
 from native3d.nn.modulation import Cond
 from native3d.training.checks import check_finite
+from native3d.training.ema import WarmupEMA
 from native3d.training.optim import warmup_cosine_scheduler
 from native3d.training.previews import decode_previews
 
@@ -184,10 +184,10 @@ class LatentDiffusion(L.LightningModule):
         return self.autoencoder.denormalize_latent(latents)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """EMA of the weights (validated on, saved in `state_dict`, so sampling uses it)."""
+        """EMA of the weights with warm-up (validated on, saved in `state_dict`, so sampling uses it)."""
         if self.hparams.ema_decay <= 0:
             return []
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay)]
+        return [WarmupEMA(self.hparams.ema_decay)]
 
     def configure_optimizers(self):
         hp = self.hparams
