@@ -25,10 +25,9 @@ def tiny_demo(monkeypatch):
         demo,
         "SHARD_SETS",
         {
-            "primitives": ["--source", "primitives", "--count", "24", "--seed", "0", "--shard-size", "8"],
+            "primitives": [*demo.PRIMITIVES, "--count", "24", "--seed", "0", "--shard-size", "8"],
             "primitives_heldout": [
-                "--source",
-                "primitives",
+                *demo.PRIMITIVES,
                 "--count",
                 "12",
                 "--seed",
@@ -71,6 +70,7 @@ def test_the_demo_writes_its_report_and_a_rerun_reuses_every_stage(tiny_demo, tm
     ):
         assert heading in report
     assert all(f"| diffusion: {n} |" in report for n in demo.DIFFUSION)
+    assert "Device: cpu" in report, "this machine has no GPU, and the report says what trained"
     assert (out / "contact_sheet.png").stat().st_size > 0, (
         "a row per model, 'no surface' where a sample has none"
     )
