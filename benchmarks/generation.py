@@ -267,7 +267,20 @@ def sample_and_evaluate(ckpt: Path, num: int, folder: Path, reference: Path) -> 
         settings, reference, folder, points=EVAL_POINTS, metric="chamfer", class_distance="min"
     )
     write_report(report, folder)
+    class_sheet(folder / "samples")
     return report.to_dict()["summary"]
+
+
+def class_sheet(samples: Path) -> None:
+    """`<samples>/class_sheet.png`: a row per asked class, its samples side by side."""
+    from native3d.sampling import labelled_sheet
+
+    rows: dict[str, list[dict]] = {}
+    for record in json.loads((samples / "samples.json").read_text())["samples"]:
+        rows.setdefault(record.get("class") or record["prompt"], []).append(record)
+    labelled_sheet(
+        [(label, records, samples) for label, records in rows.items()], samples / "class_sheet.png"
+    )
 
 
 def classifier_ceiling(paths: dict, out: Path) -> dict:

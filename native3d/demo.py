@@ -22,9 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from native3d.checkpoints import read_checkpoint
 from native3d.data.schema import Sizes
 from native3d.errors import BadModelError
@@ -294,35 +291,17 @@ def loss_trend(run_dir: Path, warmup_steps: int) -> tuple[float, float] | None:
     return statistics.fmean(losses[:fifth]), statistics.fmean(losses[-fifth:])
 
 
-def write_contact_sheet(out: Path, cell: int = 128, label_width: int = 150) -> None:
+def write_contact_sheet(out: Path) -> None:
     """`contact_sheet.png`: a row per diffusion model, a column per sample, each labelled with its prompt."""
-    from PIL import ImageDraw
-
-    from native3d.sampling import save_png
+    from native3d.sampling import labelled_sheet
 
     rows = []
     for name in DIFFUSION:
         listed = out / "generation" / name / "samples" / "samples.json"
         if listed.exists():
             rows.append((name, json.loads(listed.read_text())["samples"], listed.parent))
-    if not rows:
-        return
-    columns = max(len(entries) for _, entries, _ in rows)
-    sheet = Image.new("RGB", (label_width + columns * cell, len(rows) * (cell + 14)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, (name, entries, folder) in enumerate(rows):
-        top = r * (cell + 14)
-        draw.text((6, top + cell // 2), name, fill="black")
-        for c, entry in enumerate(entries):
-            left = label_width + c * cell
-            if entry.get("render"):
-                sheet.paste(
-                    Image.open(folder / entry["render"]).convert("RGB").resize((cell, cell)), (left, top)
-                )
-            else:
-                draw.text((left + 6, top + cell // 2), "no surface", fill="gray")
-            draw.text((left + 4, top + cell), (entry.get("class") or entry["prompt"])[:20], fill="black")
-    save_png(np.asarray(sheet), out / "contact_sheet.png")
+    if rows:
+        labelled_sheet(rows, out / "contact_sheet.png")
 
 
 def device_name() -> str:

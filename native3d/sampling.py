@@ -175,6 +175,30 @@ def contact_sheet(images: list[np.ndarray], columns: int = 8) -> np.ndarray:
     return sheet
 
 
+def labelled_sheet(
+    rows: list[tuple[str, list[dict], Path]], path: Path, cell: int = 128, label_width: int = 150
+) -> None:
+    """A PNG of sample renders: a row per (label, `samples.json` records, their folder), each cell
+    captioned with its class or prompt, and "no surface" where a sample did not mesh."""
+    from PIL import ImageDraw
+
+    columns = max(len(records) for _, records, _ in rows)
+    sheet = Image.new("RGB", (label_width + columns * cell, len(rows) * (cell + 14)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, records, folder) in enumerate(rows):
+        top = r * (cell + 14)
+        draw.text((6, top + cell // 2), label, fill="black")
+        for c, record in enumerate(records):
+            left = label_width + c * cell
+            if record.get("render"):
+                render = Image.open(folder / record["render"]).convert("RGB").resize((cell, cell))
+                sheet.paste(render, (left, top))
+            else:
+                draw.text((left + 6, top + cell // 2), "no surface", fill="gray")
+            draw.text((left + 4, top + cell), (record.get("class") or record["prompt"])[:20], fill="black")
+    save_png(np.asarray(sheet), path)
+
+
 def save_png(image: np.ndarray, path: Path) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")

@@ -13,7 +13,7 @@ from native3d.cli import main as native3d
 from native3d.data.shards import iter_samples
 from native3d.encode import encode_shard_set
 from native3d.errors import InputError
-from native3d.sampling import SampleSettings, sample_to_folder
+from native3d.sampling import SampleSettings, labelled_sheet, sample_to_folder
 from native3d.training.diffusion import load_diffusion
 
 PAIRS = {  # diffusion config -> the autoencoder config whose latents it denoises
@@ -320,3 +320,20 @@ def test_a_model_trained_on_latents_of_another_token_count_samples_that_count(
     model = load_diffusion(ckpt)
     assert model.latent_shape == (16, 8), "the checkpoint records the shape it was trained on"
     assert model.generate(2, model.conditioner.encode_texts(["a", "b"]), steps=2).shape == (2, 16, 8)
+
+
+def test_a_labelled_sheet_has_a_row_per_label_and_marks_a_sample_without_surface(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "dark.png")
+    rows = [
+        ("a cone", [{"prompt": "a cone", "render": "dark.png"}] * 3, tmp_path),
+        ("a mug", [{"prompt": "a mug", "render": None}], tmp_path),
+    ]
+    labelled_sheet(rows, tmp_path / "sheet.png", cell=40, label_width=50)
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("L"))
+    assert sheet.shape == (2 * (40 + 14), 50 + 3 * 40), "a row per label, a column per sample of the longest"
+    assert (sheet[:40, 50:170] < 10).mean() > 0.9, "the first row pastes its three renders"
+    no_surface = sheet[54:94, 50:90]
+    assert no_surface.min() < 255 and (no_surface < 10).mean() < 0.1, "a sample without render is a caption"
