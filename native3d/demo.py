@@ -64,7 +64,8 @@ EVAL_POINTS = 1024  # points per shape for the generation metrics
 # the demo stops there, naming it, instead of training diffusion on its latents.
 MIN_HELD_OUT_IOU = 0.5
 AE_STEPS, AE_MINUTES = 600, 1.5
-DIFFUSION_STEPS, DIFFUSION_MINUTES = 600, 1.25
+# On a CPU the minutes end each diffusion run (a few hundred steps per minute); on a GPU the steps.
+DIFFUSION_STEPS, DIFFUSION_MINUTES = 1500, 1.75
 
 
 class Stages:
