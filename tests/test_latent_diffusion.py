@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_training import CONFIGS, fit
 
 from native3d.cli import main as native3d
@@ -323,9 +325,6 @@ def test_a_model_trained_on_latents_of_another_token_count_samples_that_count(
 
 
 def test_a_labelled_sheet_has_a_row_per_label_and_marks_a_sample_without_surface(tmp_path):
-    import numpy as np
-    from PIL import Image
-
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "dark.png")
     rows = [
         ("a cone", [{"prompt": "a cone", "render": "dark.png"}] * 3, tmp_path),
