@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch import nn
 
 from native3d.autoencoders.vecset import vecset_tiny
@@ -94,6 +95,38 @@ def test_the_schedule_decays_over_the_trainers_max_steps_and_is_constant_without
             optimizer.step()
             schedule.step()
         assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
+class ClockAt(Timer):
+    """A `max_time` timer whose clock the test sets."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(duration={"seconds": seconds})
+        self.elapsed = 0.0
+
+    def time_elapsed(self, stage: str = "train") -> float:
+        return self.elapsed
+
+
+def test_a_run_that_ends_on_the_clock_decays_with_the_clock():
+    parameter = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    clock = ClockAt(100.0)
+    trainer = SimpleNamespace(max_steps=-1, callbacks=[clock])
+    schedule = warmup_cosine_scheduler(optimizer, warmup=4, trainer=trainer)["scheduler"]
+    factor = schedule.lr_lambdas[0]
+    assert [factor(step) for step in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0]), "warm-up by steps"
+    for elapsed, expected in ((0.0, 1.0), (50.0, 0.55), (100.0, 0.1), (130.0, 0.1)):
+        clock.elapsed = elapsed
+        assert factor(10) == pytest.approx(expected), f"{elapsed} of 100 seconds"
+    # With both limits, whichever is nearer its end sets the rate.
+    both = warmup_cosine_scheduler(
+        optimizer, warmup=4, trainer=SimpleNamespace(max_steps=24, callbacks=[clock])
+    )
+    clock.elapsed = 10.0
+    assert both["scheduler"].lr_lambdas[0](24) == pytest.approx(0.1), "the steps end first"
+    clock.elapsed = 100.0
+    assert both["scheduler"].lr_lambdas[0](5) == pytest.approx(0.1), "the clock ends first"
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon"])

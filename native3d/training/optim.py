@@ -7,7 +7,8 @@
   meant to be used. Its updates are scaled to AdamW's RMS ("match_rms_adamw", Liu et al. 2025,
   "Muon is Scalable for LLM Training"), so one learning rate and schedule serve both halves.
 - `warmup_cosine`: linear warm-up, then cosine decay to 10%; `warmup_cosine_scheduler` steps it
-  over a Lightning trainer's `max_steps`, read once, when the optimizers are configured.
+  over a Lightning trainer's `max_steps`, read once, when the optimizers are configured, or over
+  its `max_time` clock, whichever ends the run first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch import Tensor, nn
 
 from native3d.nn.embeddings import FourierPointEmbedding, TimestepEmbedding
@@ -135,19 +137,34 @@ def warmup_cosine(step: int, warmup: int, total: int | None) -> float:
         return (step + 1) / warmup
     if total is None or total <= warmup:
         return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return cosine_decay((step - warmup) / (total - warmup))
+
+
+def cosine_decay(progress: float) -> float:
+    """The cosine from 1 to 0.1 as `progress`, the fraction of the run after the warm-up, goes 0 -> 1."""
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, warmup: int, trainer: L.Trainer | None) -> dict:
-    """Lightning's `lr_scheduler` entry: `warmup_cosine` per optimizer step over `trainer.max_steps`.
+    """Lightning's `lr_scheduler` entry: `warmup_cosine` per optimizer step over the run.
 
-    Without a step limit (`max_steps` -1, e.g. a `max_time` run) the rate stays constant after the
-    warm-up.
+    The run's length is `trainer.max_steps` (read once, here) and, with `max_time`, its clock:
+    progress is the larger of the step and the time fraction, so the decay ends with whichever
+    budget ends the run (on a CPU the minutes usually do, at a step count nobody knows in advance).
+    Without either limit the rate stays constant after the warm-up.
     """
     total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
+    timer = next((c for c in getattr(trainer, "callbacks", None) or [] if isinstance(c, Timer)), None)
+    if timer is not None and timer.time_remaining() is None:
+        timer = None
 
     def factor(step: int) -> float:
-        return warmup_cosine(step, warmup, total)
+        if step < warmup or timer is None:
+            return warmup_cosine(step, warmup, total)
+        elapsed = timer.time_elapsed()
+        fractions = [elapsed / max(elapsed + timer.time_remaining(), 1e-9)]
+        if total is not None and total > warmup:
+            fractions.append((step - warmup) / (total - warmup))
+        return cosine_decay(max(fractions))
 
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
