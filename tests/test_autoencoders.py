@@ -17,7 +17,7 @@ from native3d.autoencoders import (
     triplane_tiny,
     vecset_tiny,
 )
-from native3d.autoencoders.decoders import sample_planes, sample_volume
+from native3d.autoencoders.decoders import QueryCrossAttentionHead, sample_planes, sample_volume
 from native3d.autoencoders.loss import eikonal_loss, soft_iou_loss
 from native3d.autoencoders.triplane import axis_context
 from native3d.data.schema import grid_coords
@@ -444,6 +444,54 @@ def test_kl_closed_form():
     posterior = DiagonalGaussian(mean, logvar)
     torch.testing.assert_close(posterior.kl(reduction="sum"), expected.sum()[None])
     torch.testing.assert_close(posterior.kl(), expected.mean()[None])
+
+
+def test_exact_elements_are_kept_by_a_sample_and_left_out_of_the_kl():
+    mean, logvar = torch.tensor([[[0.5, 1.0, 0.0]]]), torch.tensor([[[0.0, 0.0, 1.0]]])
+    exact = torch.tensor([True, False, False])
+    posterior = DiagonalGaussian(mean, logvar, exact)
+    assert posterior.std[..., 0].item() == 0.0 and posterior.std[..., 1].item() == 1.0
+    assert (posterior.sample()[..., 0] == 0.5).all()
+    drawn = DiagonalGaussian(mean[..., 1:], logvar[..., 1:])
+    torch.testing.assert_close(posterior.kl(), drawn.kl())
+    torch.testing.assert_close(posterior.kl(reduction="sum"), drawn.kl(reduction="sum"))
+
+
+def anchored_vecset() -> VecSetVAE:
+    return VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, token_positions=True)
+
+
+def test_anchored_tokens_carry_their_surface_points_exactly(batch):
+    model = anchored_vecset().eval()
+    surface = model.inputs_from_batch(batch)
+    posterior = model.encode(surface)
+    assert posterior.mean.shape == (B, 16, 3 + 4) and model.latent_shape == (16, 7)
+    anchors = posterior.mean[..., :3]
+    for points, own in zip(surface[..., :3], anchors):
+        assert torch.cdist(own, points).amin(dim=1).max() < 1e-6, "every anchor is one of the surface points"
+    assert (posterior.std[..., :3] == 0).all() and (posterior.std[..., 3:] > 0).all()
+    torch.testing.assert_close(posterior.sample()[..., :3], anchors)
+    features = DiagonalGaussian(posterior.mean[..., 3:], posterior.logvar[..., 3:])
+    torch.testing.assert_close(posterior.kl(), features.kl(), msg="the anchors cost no KL")
+
+
+def test_an_anchored_head_reads_the_tokens_around_a_point_and_the_null_token_far_from_all():
+    torch.manual_seed(0)
+    head = QueryCrossAttentionHead(32, heads=2, num_frequencies=6, anchored=True).eval()
+    anchors = torch.tensor([[-0.8, 0.0, 0.0], [0.8, 0.0, 0.0]]).repeat(1, 8, 1)  # (1, 16, 3)
+    features = torch.cat([torch.randn(1, 16, 32), anchors], -1)
+    moved = features.clone()
+    moved[0, 0, :32] += 5.0  # token 0, anchored at (-0.8, 0, 0)
+    near = anchors[:, :1] + 0.03 * torch.randn(1, 64, 3)
+    far = anchors[:, 1:2] + 0.03 * torch.randn(1, 64, 3)
+    with torch.no_grad():
+        change_near = (head(moved, near) - head(features, near)).abs().mean()
+        change_far = (head(moved, far) - head(features, far)).abs().mean()
+        assert change_near > 20 * change_far, (change_near, change_far)
+        clustered = torch.cat([torch.randn(1, 16, 32), 0.05 * torch.randn(1, 16, 3)], -1)
+        corners = torch.tensor([[[1.0, 1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, -1.0]]])
+        read = head.attention_weights(clustered, corners).sum(-1)  # the tokens' share; the null has the rest
+    assert (read < 0.1).all(), read
 
 
 def test_eikonal_is_zero_for_a_true_sdf():

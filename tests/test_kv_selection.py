@@ -7,8 +7,9 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from native3d.autoencoders import autoencoder_loss, vecset_tiny
+from native3d.autoencoders import autoencoder_loss
 from native3d.autoencoders.meshing import decode_mesh, latent_field
+from native3d.autoencoders.vecset import VecSetVAE
 from native3d.geometry.marching_cubes import coarse_to_fine_grid, dense_grid
 
 TRUNCATION, RESOLUTION, START = 0.1, 32, 16
@@ -29,11 +30,19 @@ def torus_batch() -> dict[str, torch.Tensor]:
     return {"surface": surface[None], "query": torch.cat([pts, sdf[:, None]], dim=-1)[None]}
 
 
-@pytest.fixture(scope="module")
-def vecset():
-    """A tiny VecSet fitted for a few seconds to one torus, and that torus's latent."""
+@pytest.fixture(scope="module", params=[True, False], ids=["anchored", "free"])
+def vecset(request):
+    """A tiny VecSet (anchored tokens or free ones) fitted for a few seconds to one torus, and that torus's latent."""
     torch.manual_seed(0)
-    model = vecset_tiny()
+    model = VecSetVAE(
+        num_latents=32,
+        latent_channels=8,
+        width=64,
+        heads=4,
+        depth=2,
+        num_frequencies=6,
+        token_positions=request.param,
+    )
     batch = torus_batch()
     inputs = model.inputs_from_batch(batch)
     points, target = model.queries_from_batch(batch)
@@ -68,7 +77,10 @@ def test_attention_weights_are_a_distribution_over_tokens(vecset):
     tokens = model.decoder_features(latent)
     weights = model.head.attention_weights(tokens, torch.rand(1, 50, 3) * 2 - 1)
     assert weights.shape == (1, 50, model.num_latents)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 50))
+    if not model.token_positions:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(1, 50))
+    else:  # anchored: what the tokens leave goes to the null token
+        assert ((weights.sum(-1) > 0) & (weights.sum(-1) <= 1 + 1e-6)).all()
 
 
 def test_selecting_every_token_is_the_full_decoder(vecset):

@@ -320,8 +320,8 @@ def test_a_model_trained_on_latents_of_another_token_count_samples_that_count(
     encode_shard_set(str(ae), str(primitive_shards), str(latents), tokens=16)
     ckpt = fit_diffusion("set_dit_tiny.yaml", ae, latents, tmp_path / "run", steps=2)
     model = load_diffusion(ckpt)
-    assert model.latent_shape == (16, 8), "the checkpoint records the shape it was trained on"
-    assert model.generate(2, model.conditioner.encode_texts(["a", "b"]), steps=2).shape == (2, 16, 8)
+    assert model.latent_shape == (16, 11), "the checkpoint records the shape it was trained on"
+    assert model.generate(2, model.conditioner.encode_texts(["a", "b"]), steps=2).shape == (2, 16, 11)
 
 
 def test_a_labelled_sheet_has_a_row_per_label_and_marks_a_sample_without_surface(tmp_path):

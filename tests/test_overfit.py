@@ -19,7 +19,7 @@ from native3d.diffusion import RectifiedFlow, as_denoiser, sample
 from native3d.nn.modulation import Cond
 
 FAMILIES = {  # tiny diffusion config -> the latent shape of its tiny autoencoder
-    "set_dit_tiny.yaml": (64, 8),
+    "set_dit_tiny.yaml": (128, 11),
     "unet3d_tiny.yaml": (8, 8, 8, 8),
     "triplane_unet_tiny.yaml": (3, 8, 8, 8),
 }

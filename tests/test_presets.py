@@ -142,14 +142,14 @@ def test_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
     assert list(module.state_dict()) == list(plain_ae.state_dict()), "compiling keeps the checkpoint keys"
 
     diffusion = LatentDiffusion(
-        set_dit_tiny(in_channels=8),
+        set_dit_tiny(in_channels=11),
         autoencoder="unused",
         autoencoder_config=config["autoencoder"],
         compile=True,
     )
     assert diffusion.backbone._compiled_call_impl is not None
     plain = LatentDiffusion(
-        set_dit_tiny(in_channels=8), autoencoder="unused", autoencoder_config=config["autoencoder"]
+        set_dit_tiny(in_channels=11), autoencoder="unused", autoencoder_config=config["autoencoder"]
     )
     assert plain.backbone._compiled_call_impl is None
     assert list(diffusion.state_dict()) == list(plain.state_dict()), "compiling keeps the checkpoint keys"

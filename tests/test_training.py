@@ -167,9 +167,9 @@ def test_encode_tokens_writes_latents_of_that_many_tokens_and_is_refused_for_a_g
     command = ["encode", "--ckpt", str(ckpt), "--data", str(primitive_shards), "--out", str(latents)]
     assert native3d([*command, "--tokens", "16", "--batch-size", "8"]) == 0
     index = load_index(latents)
-    assert index.info["latent_shape"] == [16, 8]
+    assert index.info["latent_shape"] == [16, 11]
     batch = next(iter(LatentDataModule(str(latents), val=str(latents), num_workers=0).val_dataloader()))
-    assert batch["latent_mean"].shape[1:] == (16, 8), "the latent loader reads the recorded shape"
+    assert batch["latent_mean"].shape[1:] == (16, 11), "the latent loader reads the recorded shape"
     with pytest.raises(InputError, match="latent_shape differs"):
         encode_shard_set(str(ckpt), str(primitive_shards), str(latents), tokens=32)
 

@@ -20,12 +20,20 @@ from torch import Tensor, nn
 
 
 class DiagonalGaussian:
-    """N(mean, exp(logvar)) over a latent of any shape (B, ...); the first axis is the batch."""
+    """N(mean, exp(logvar)) over a latent of any shape (B, ...); the first axis is the batch.
 
-    def __init__(self, mean: Float[Tensor, "B ..."], logvar: Float[Tensor, "B ..."]) -> None:
+    `exact` (a bool mask broadcastable to `mean`, optional) marks elements that the encoder gives
+    exactly rather than as a distribution, e.g. the anchor points of a VecSet's tokens: their std is 0,
+    a sample keeps them, and the KL leaves them out.
+    """
+
+    def __init__(
+        self, mean: Float[Tensor, "B ..."], logvar: Float[Tensor, "B ..."], exact: Tensor | None = None
+    ) -> None:
         self.mean = mean
         # Clamping keeps exp() finite early in training, as in the LDM / 3DShape2VecSet code.
         self.logvar = logvar.clamp(-30.0, 20.0)
+        self.exact = exact
 
     @classmethod
     def from_moments(cls, moments: Tensor, dim: int) -> DiagonalGaussian:
@@ -35,7 +43,8 @@ class DiagonalGaussian:
 
     @property
     def std(self) -> Tensor:
-        return torch.exp(0.5 * self.logvar)
+        std = torch.exp(0.5 * self.logvar)
+        return std if self.exact is None else std.masked_fill(self.exact, 0.0)
 
     def sample(self, generator: torch.Generator | None = None) -> Float[Tensor, "B ..."]:
         noise = torch.randn(
@@ -47,14 +56,18 @@ class DiagonalGaussian:
         return self.mean
 
     def kl(self, reduction: Literal["mean", "sum"] = "mean") -> Float[Tensor, " B"]:
-        """KL(q || N(0, I)) per sample.
+        """KL(q || N(0, I)) per sample, over the elements that are not `exact`.
 
         "mean" averages over latent elements (as 3DShape2VecSet does) so that a KL weight carries
         over between latent sizes; "sum" is the exact KL of the whole latent.
         """
         kl = 0.5 * (self.mean.float().square() + self.logvar.float().exp() - 1.0 - self.logvar.float())
-        kl = kl.flatten(1)
-        return kl.mean(dim=1) if reduction == "mean" else kl.sum(dim=1)
+        if self.exact is None:
+            kl = kl.flatten(1)
+            return kl.mean(dim=1) if reduction == "mean" else kl.sum(dim=1)
+        drawn = (~self.exact).expand_as(kl).flatten(1)
+        total = kl.flatten(1).masked_fill(~drawn, 0.0).sum(dim=1)
+        return total / drawn.sum(dim=1).clamp_min(1) if reduction == "mean" else total
 
 
 @torch.no_grad()

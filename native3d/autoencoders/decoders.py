@@ -7,9 +7,10 @@ et al. 2019) and DeepSDF (Park et al. 2019): it is queried at arbitrary 3-D poin
   EG3D, Chan et al. 2022), following the grid and plane conventions of `native3d.data.schema`.
 - `ImplicitMLPHead` maps interpolated features plus Fourier features of the point to SDF.
 - `QueryCrossAttentionHead` is the 3DShape2VecSet decoder (Zhang et al. 2023, sec. 4.3): the
-  embedded query point cross-attends to the latent tokens. `select_tokens` is FlashVDM's adaptive
-  KV selection (Lai et al. 2025, sec. 3.3): the tokens that a region's coarse queries attend to
-  most, so that the region's fine queries can attend to those alone.
+  embedded query point cross-attends to the latent tokens, biased toward nearby tokens where the
+  tokens are anchored at points. `select_tokens` is FlashVDM's adaptive KV selection (Lai et al.
+  2025, sec. 3.3): the tokens that a region's coarse queries attend to most, so that the region's
+  fine queries can attend to those alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from native3d.geometry.triplane import PLANE_AXES
-from native3d.nn.attention import Mlp, TransformerBlock
+from native3d.nn.attention import DistanceBias, Mlp, TransformerBlock
 from native3d.nn.embeddings import FourierPointEmbedding
 
 
@@ -101,51 +102,76 @@ class QueryCrossAttentionHead(nn.Module):
     """Fourier-embedded query points cross-attend to latent tokens, then a linear layer -> sdf.
 
     The block, with its feed-forward sub-layer, runs once per query point. `qk_norm` as in `Attention`.
+
+    `anchored`: each token comes with the point it describes, as the last 3 channels of the features
+    (B, M, C + 3), and attention is biased toward the tokens near the query (`DistanceBias`). A
+    query far from every token would then copy its nearest token's value and grow floaters at the
+    faces of the cube; a learned null token, at no distance from anything, is what it reads instead.
     """
 
-    def __init__(self, width: int, heads: int, num_frequencies: int = 8, qk_norm: bool = False) -> None:
+    def __init__(
+        self, width: int, heads: int, num_frequencies: int = 8, qk_norm: bool = False, anchored: bool = False
+    ) -> None:
         super().__init__()
         self.point_embed = FourierPointEmbedding(width, num_frequencies)
         self.cross = TransformerBlock(width, heads, context_dim=width, self_attention=False, qk_norm=qk_norm)
         self.norm = nn.LayerNorm(width)
         self.out = sdf_output_layer(width)
+        self.distance_bias = DistanceBias(heads) if anchored else None
+        self.null = nn.Parameter(0.02 * torch.randn(1, 1, width)) if anchored else None
 
-    def forward(self, tokens: Float[Tensor, "B M C"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
+    def keys(
+        self, features: Float[Tensor, "B M Cf"], points: Float[Tensor, "B Q 3"]
+    ) -> tuple[Float[Tensor, "B K C"], Float[Tensor, "B h Q K"] | None]:
+        """The tokens the queries attend to and the attention bias: the features as they are, or
+        (anchored) the null token and the tokens without their anchors, with the distance bias."""
+        if self.distance_bias is None:
+            return features, None
+        tokens, anchors = features[..., :-3], features[..., -3:]
+        bias = F.pad(self.distance_bias(points, anchors), (1, 0))  # (B, h, Q, 1 + M): the null's is 0
+        return torch.cat([self.null.expand(len(tokens), -1, -1).to(tokens.dtype), tokens], 1), bias
+
+    def forward(
+        self, features: Float[Tensor, "B M Cf"], points: Float[Tensor, "B Q 3"]
+    ) -> Float[Tensor, "B Q"]:
+        tokens, bias = self.keys(features, points)
         # The eikonal loss differentiates sdf w.r.t. points twice over; only the math kernel of
         # scaled_dot_product_attention has a double backward, so use it when points need grad.
         with sdpa_kernel(SDPBackend.MATH) if points.requires_grad else nullcontext():
-            x = self.cross(self.point_embed(points), context=tokens)  # (B, Q, C)
+            x = self.cross(self.point_embed(points), context=tokens, context_mask=bias)  # (B, Q, C)
         return self.out(self.norm(x)).squeeze(-1)
 
     def attention_weights(
-        self, tokens: Float[Tensor, "B M C"], points: Float[Tensor, "B Q 3"]
+        self, features: Float[Tensor, "B M Cf"], points: Float[Tensor, "B Q 3"]
     ) -> Float[Tensor, "B Q M"]:
-        """How much each query point attends to each token, averaged over heads (the softmax of
-        the head's cross-attention, whose output `forward` computes with a fused kernel)."""
+        """How much each query point attends to each of the M tokens, averaged over heads (the
+        softmax of the head's cross-attention, whose output `forward` computes with a fused kernel)."""
+        tokens, bias = self.keys(features, points)
         block, attention = self.cross, self.cross.cross_attn
         q = rearrange(
             attention.to_q(block.norm_cross(self.point_embed(points))),
             "B Q (h d) -> B h Q d",
             h=attention.heads,
         )
-        k = attention.to_kv(block.norm_context(tokens))[..., : q.shape[1] * q.shape[-1]]  # (B, M, C)
-        k = rearrange(k, "B M (h d) -> B h M d", h=attention.heads)
+        k = attention.to_kv(block.norm_context(tokens))[..., : q.shape[1] * q.shape[-1]]  # (B, K, C)
+        k = rearrange(k, "B K (h d) -> B h K d", h=attention.heads)
         q, k = attention.q_norm(q), attention.k_norm(k)
-        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, h, Q, M)
-        return weights.mean(dim=1)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, Q, K)
+        weights = torch.softmax(logits if bias is None else logits + bias, dim=-1).mean(dim=1)
+        return weights if bias is None else weights[..., 1:]  # the null token is always read
 
     def select_tokens(
-        self, tokens: Float[Tensor, "B M C"], anchors: Float[Tensor, "B A 3"], k: int
-    ) -> Float[Tensor, "B k C"]:
+        self, features: Float[Tensor, "B M Cf"], anchors: Float[Tensor, "B A 3"], k: int
+    ) -> Float[Tensor, "B k Cf"]:
         """The `k` tokens with the most attention from the anchor points, kept in their order.
 
         Attention is summed over the anchors, so the chosen tokens carry the most of the region's
         attention mass; what the rest carried is what the fine queries lose. With k = M the
         tokens come back unchanged.
         """
-        mass = self.attention_weights(tokens, anchors).sum(dim=1)  # (B, M)
+        mass = self.attention_weights(features, anchors).sum(dim=1)  # (B, M)
         index = mass.topk(k, dim=-1).indices.sort(dim=-1).values  # (B, k)
-        return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+        return torch.gather(features, 1, index[..., None].expand(-1, -1, features.shape[-1]))
 
 
 def aggregate_planes(features: Float[Tensor, "B Q P C"], mode: Literal["sum", "concat"]) -> Tensor:

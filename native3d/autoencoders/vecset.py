@@ -18,6 +18,16 @@ Two options after Dora (Chen et al. 2024):
   cross-attention keeps the encoder's parameters those of the uniform-only model (a checkpoint
   trained without sharp points fine-tunes with them), at the cost of N + S keys. At another token
   count M the sharp share stays `sharp_tokens / num_latents`.
+
+`token_positions`: each token keeps the surface point it was seeded at (its anchor) as 3 more
+latent channels, first, given exactly (std 0, no KL), and every cross-attention is biased toward
+nearby points (`DistanceBias`): the encoder's queries read the surface around their anchor, the
+decoder adds a Fourier embedding of each anchor to its token, and a query point reads the tokens
+around it. Without anchors, the few channels of a token must also encode where the token is, and
+the decoder must learn that locality from them; thin parts (chair legs, table tops, mug walls) are
+what it learns last. A latent of positioned features is what Mosaic-SDF (Yariv et al. 2024) and
+TRELLIS's structured latents (Xiang et al. 2025) diffuse; a diffusion model generates the anchors
+with the features, and the latent is still an unordered set.
 """
 
 from __future__ import annotations
@@ -32,12 +42,13 @@ from native3d.autoencoders.bottleneck import DiagonalGaussian, LatentAutoencoder
 from native3d.autoencoders.decoders import QueryCrossAttentionHead
 from native3d.autoencoders.fps import farthest_point_sample
 from native3d.errors import InputError
-from native3d.nn.attention import TransformerBlock
+from native3d.nn.attention import DistanceBias, TransformerBlock
 from native3d.nn.embeddings import FourierPointEmbedding
 
 
 class VecSetVAE(LatentAutoencoder):
-    """Surface (B, N, 6) -> latent (B, M, C) -> sdf (B, Q) at query points (B, Q, 3).
+    """Surface (B, N, 6) -> latent (B, M, C) -> sdf (B, Q) at query points (B, Q, 3); with
+    `token_positions` the latent is (B, M, 3 + C), each token's anchor point first.
 
     `qk_norm` LayerNorms queries and keys in every attention layer: the encoder's, the
     self-attention blocks' and the query head's.
@@ -58,8 +69,9 @@ class VecSetVAE(LatentAutoencoder):
         qk_norm: bool = False,
         train_tokens: Sequence[int] | None = None,
         sharp_tokens: int = 0,
+        token_positions: bool = False,
     ) -> None:
-        super().__init__(latent_channels)
+        super().__init__(latent_channels + 3 * token_positions)
         if train_tokens is not None and (not train_tokens or min(train_tokens) < 1):
             raise ValueError(f"train_tokens must be a non-empty list of positive counts, got {train_tokens}")
         if not 0 <= sharp_tokens < num_latents:
@@ -68,6 +80,7 @@ class VecSetVAE(LatentAutoencoder):
         self.train_tokens = list(train_tokens) if train_tokens is not None else None
         self.sharp_tokens = sharp_tokens
         self.latent_channels = latent_channels
+        self.token_positions = token_positions
         self.use_normals = use_normals
         self.point_embed = FourierPointEmbedding(width, num_frequencies, feature_dim=3 if use_normals else 0)
         self.encoder = TransformerBlock(
@@ -76,11 +89,15 @@ class VecSetVAE(LatentAutoencoder):
         self.to_moments = nn.Linear(width, 2 * latent_channels)
         self.from_latent = nn.Linear(latent_channels, width)
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(depth))
-        self.head = QueryCrossAttentionHead(width, heads, num_frequencies, qk_norm=qk_norm)
+        self.head = QueryCrossAttentionHead(
+            width, heads, num_frequencies, qk_norm=qk_norm, anchored=token_positions
+        )
+        self.encoder_bias = DistanceBias(heads) if token_positions else None
+        self.anchor_embed = FourierPointEmbedding(width, num_frequencies) if token_positions else None
 
     @property
     def latent_shape(self) -> tuple[int, int]:
-        return (self.num_latents, self.latent_channels)
+        return (self.num_latents, self.latent_channels + 3 * self.token_positions)
 
     def inputs_from_batch(self, batch: dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
         """The surface points (B, N, 6); with `sharp_tokens`, {"surface": (B, N, 6), "sharp": (B, S, 6)}."""
@@ -109,7 +126,7 @@ class VecSetVAE(LatentAutoencoder):
             counts = [M - sharp, sharp]
         else:
             sets, counts = [inputs], [M]
-        queries, context = [], []
+        queries, context, anchors = [], [], []
         for points, count in zip(sets, counts):
             embedded = self.point_embed(points[..., :3], points[..., 3:6] if self.use_normals else None)
             context.append(embedded)  # (B, N or S, C)
@@ -118,22 +135,42 @@ class VecSetVAE(LatentAutoencoder):
             # A random start in training augments which points seed the tokens; eval is deterministic.
             index = farthest_point_sample(points[..., :3], count, random_start=self.training)
             queries.append(torch.gather(embedded, 1, index[..., None].expand(-1, -1, embedded.shape[-1])))
-        tokens = self.encoder(torch.cat(queries, 1), context=torch.cat(context, 1))  # (B, M, C)
-        return DiagonalGaussian.from_moments(self.to_moments(tokens), dim=-1)  # (B, M, latent)
+            anchors.append(torch.gather(points[..., :3], 1, index[..., None].expand(-1, -1, 3)))
+        anchors = torch.cat(anchors, 1)  # (B, M, 3)
+        bias = None
+        if self.token_positions:
+            bias = self.encoder_bias(anchors, torch.cat([points[..., :3] for points in sets], 1))
+        tokens = self.encoder(torch.cat(queries, 1), context=torch.cat(context, 1), context_mask=bias)
+        mean, logvar = self.to_moments(tokens).chunk(2, dim=-1)  # (B, M, latent) each
+        if not self.token_positions:
+            return DiagonalGaussian(mean, logvar)
+        exact = torch.arange(3 + self.latent_channels, device=mean.device) < 3  # the anchors' channels
+        return DiagonalGaussian(
+            torch.cat([anchors.to(mean.dtype), mean], -1),
+            torch.cat([torch.zeros_like(anchors), logvar], -1),
+            exact,
+        )
 
-    def decoder_features(self, latent: Float[Tensor, "B M Cl"]) -> Float[Tensor, "B M C"]:
-        x = self.from_latent(latent)  # (B, M, C)
+    def decoder_features(self, latent: Float[Tensor, "B M Cl"]) -> Float[Tensor, "B M Cf"]:
+        """The processed tokens (B, M, width); with `token_positions`, their anchors appended (B, M, width + 3)."""
+        if not self.token_positions:
+            x = self.from_latent(latent)  # (B, M, C)
+        else:
+            anchors, latent = latent[..., :3], latent[..., 3:]
+            x = self.from_latent(latent) + self.anchor_embed(anchors)  # (B, M, C)
         for block in self.blocks:
             x = block(x)
-        return x
+        return x if not self.token_positions else torch.cat([x, anchors.to(x.dtype)], -1)
 
     def query(self, tokens: Float[Tensor, "B M C"], points: Float[Tensor, "B Q 3"]) -> Float[Tensor, "B Q"]:
         return self.head(tokens, points)
 
 
 def vecset_tiny() -> VecSetVAE:
-    """A CPU-test configuration: 32 tokens of 8 channels, width 64, 2 layers."""
-    return VecSetVAE(num_latents=32, latent_channels=8, width=64, heads=4, depth=2, num_frequencies=6)
+    """A CPU-test configuration: 32 anchored tokens of 8 channels, width 64, 2 layers."""
+    return VecSetVAE(
+        num_latents=32, latent_channels=8, width=64, heads=4, depth=2, num_frequencies=6, token_positions=True
+    )
 
 
 def vecset_base() -> VecSetVAE:

@@ -9,6 +9,9 @@ flash / memory-efficient kernels are used where available. The block is the pre-
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Bool, Float
@@ -28,6 +31,26 @@ def _expand_mask(mask: Tensor | None) -> Tensor | None:
     if mask.ndim == 3:
         return rearrange(mask, "B L S -> B 1 L S")
     raise ValueError(f"attention mask must be 2-, 3- or 4-D, got shape {tuple(mask.shape)}")
+
+
+class DistanceBias(nn.Module):
+    """An additive attention bias -beta_h |x - p|^2 between query points x and key points p.
+
+    One learned beta = 1 / (2 sigma^2) per head, initialised with sigma log-spaced over
+    [sigma_min, sigma_max], so some heads start local and others wide; passed to `Attention` as its
+    float mask, it makes each head a learned Gaussian kernel over distance times the dot-product
+    attention (the locality that convolutional features have by construction, as the relative
+    position biases of Point Transformer, Zhao et al. 2021, give point attention).
+    """
+
+    def __init__(self, heads: int, sigma_min: float = 0.05, sigma_max: float = 0.5) -> None:
+        super().__init__()
+        sigma = torch.logspace(math.log10(sigma_min), math.log10(sigma_max), heads)
+        self.log_beta = nn.Parameter(-torch.log(2 * sigma**2))
+
+    def forward(self, x: Float[Tensor, "B L 3"], p: Float[Tensor, "B S 3"]) -> Float[Tensor, "B h L S"]:
+        d2 = torch.cdist(x.float(), p.float()).square()  # (B, L, S)
+        return -rearrange(self.log_beta.exp(), "h -> 1 h 1 1") * rearrange(d2, "B L S -> B 1 L S")
 
 
 class Attention(nn.Module):
