@@ -229,16 +229,40 @@ def test_volume_iou_of_two_spheres():
 # Generative metrics -------------------------------------------------------------------------
 
 
-def test_pairwise_chamfer_matches_pairs_and_chunking():
-    s, r = clouds(5, 40, seed=23), clouds(7, 40, seed=24)
-    full = pairwise_distances(
-        s, r, metric="chamfer", convention="l2_squared", pair_chunk=1000, point_chunk=1000
+@pytest.mark.parametrize("convention", ["l2_squared", "l1"])
+def test_pairwise_chamfer_matches_every_pair_on_its_own(convention):
+    s, r = clouds(5, 40, seed=23), clouds(7, 50, seed=24)
+    d = pairwise_distances(s, r, metric="chamfer", convention=convention)
+    expected = torch.tensor([[kdtree_chamfer(a.numpy(), b.numpy(), convention) for b in r] for a in s])
+    torch.testing.assert_close(d.value, expected, rtol=1e-5, atol=1e-7)
+    one_by_one = torch.stack(
+        [chamfer_distance(a[None].expand(len(r), -1, -1), r, convention=convention).value for a in s]
     )
-    chunked = pairwise_distances(s, r, metric="chamfer", convention="l2_squared", pair_chunk=3, point_chunk=6)
+    torch.testing.assert_close(d.value, one_by_one, rtol=1e-5, atol=1e-7)  # the batched cdist path
+    assert d.value.shape == (5, 7) and d.settings["metric"] == "chamfer"
+
+
+def test_a_set_against_itself_is_the_matrix_against_a_copy_of_it():
+    s = clouds(6, 30, seed=27)
+    own = pairwise_distances(s, s, metric="chamfer", convention="l1", num_points=20, seed=0)
+    copy = pairwise_distances(s, s.clone(), metric="chamfer", convention="l1", num_points=20, seed=0)
+    torch.testing.assert_close(own.value, copy.value, rtol=0, atol=1e-7)
+    assert (own.value.diagonal() == 0).all() and (own.value == own.value.T).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_pairwise_chamfer_on_cuda_matches_the_cpu_and_its_chunking():
+    s, r = clouds(5, 40, seed=23), clouds(7, 40, seed=24)
+    cpu = pairwise_distances(s, r, metric="chamfer", convention="l2_squared")
+    full = pairwise_distances(
+        s.cuda(), r.cuda(), metric="chamfer", convention="l2_squared", pair_chunk=1000, point_chunk=1000
+    )
+    chunked = pairwise_distances(
+        s.cuda(), r.cuda(), metric="chamfer", convention="l2_squared", pair_chunk=3, point_chunk=6
+    )
     torch.testing.assert_close(full.value, chunked.value, rtol=0, atol=0)
-    expected = torch.tensor([[kdtree_chamfer(a.numpy(), b.numpy(), "l2_squared") for b in r] for a in s])
-    torch.testing.assert_close(full.value, expected, rtol=1e-5, atol=1e-7)
-    assert full.value.shape == (5, 7) and full.settings["metric"] == "chamfer"
+    torch.testing.assert_close(full.value.cpu(), cpu.value, rtol=1e-5, atol=1e-7)
 
 
 def test_pairwise_emd_matches_pot():
