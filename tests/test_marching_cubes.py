@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import mcubes
 import numpy as np
 import pytest
 import trimesh
 from scipy.spatial import cKDTree
 
+from native3d.data.schema import index_to_coord
 from native3d.geometry.marching_cubes import (
     NoSurfaceError,
     coarse_to_fine_grid,
@@ -35,6 +37,26 @@ def test_marching_cubes_places_a_sphere_where_its_sdf_says():
     assert np.abs(radii - 0.5).max() < 2.0 / 48
     mesh = trimesh.Trimesh(vertices, faces)
     assert mesh.volume == pytest.approx(4 / 3 * np.pi * 0.5**3, rel=0.02), "faces point outward"
+
+
+def triangles(vertices: np.ndarray, faces: np.ndarray) -> set[tuple]:
+    """Each face as its three rounded corners, rotated to start at the smallest: order-free, orientation kept."""
+    out = set()
+    for corners in np.round(vertices[faces].astype(np.float64), 4):
+        rows = [tuple(row) for row in corners]
+        first = rows.index(min(rows))
+        out.add(tuple(rows[first:] + rows[:first]))
+    return out
+
+
+def test_blocked_marching_cubes_gives_the_triangles_of_one_pass_over_the_grid():
+    # 50 cells: blocks of 16 leave a partial block on every axis; the ripples cross many block faces.
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, 51)] * 3, indexing="ij")
+    values = (np.sqrt(x**2 + y**2 + z**2) - 0.6 + 0.08 * np.sin(9 * x) * np.cos(7 * y)).astype(np.float32)
+    vertices, faces = marching_cubes(values, block=16)
+    whole_v, whole_f = mcubes.marching_cubes(-values.astype(np.float64), 0.0)
+    assert triangles(vertices, faces) == triangles(index_to_coord(whole_v, 51), whole_f)
+    assert len(np.unique(vertices, axis=0)) == len(vertices), "shared block-face vertices are merged"
 
 
 @pytest.mark.parametrize("field", [sphere, torus])

@@ -202,15 +202,40 @@ def upsample(values: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(volume, size=(size,) * 3, mode="trilinear", align_corners=True)[0, 0].numpy().copy()
 
 
-def marching_cubes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The zero level set of a corner grid over [-1, 1]^3: vertices (V, 3) and outward faces (F, 3)."""
+MC_BLOCK = 16  # cells per axis of a marching-cubes block
+
+
+def marching_cubes(values: np.ndarray, block: int = MC_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """The zero level set of a corner grid over [-1, 1]^3: vertices (V, 3) and outward faces (F, 3).
+
+    PyMCubes visits every cell, which at 256^3 costs more than a coarse-to-fine decode asks the
+    field for; so the grid is cut into blocks of `block`^3 cells, only the blocks whose corners hold
+    both signs (the only ones with a crossing cell) are triangulated, and the vertices that
+    neighbouring blocks share on their common face are merged: the triangles of the whole grid.
+    """
     if not (values.min() < 0 < values.max()):
         raise NoSurfaceError(
             f"the field has no zero crossing (min {values.min():.4f}, max {values.max():.4f})"
         )
-    # PyMCubes orients faces outward for fields that are larger inside, hence the negation.
-    vertices, faces = mcubes.marching_cubes(-values.astype(np.float64), 0.0)
-    return index_to_coord(vertices, values.shape[0]).astype(np.float32), faces.astype(np.int64)
+    inside = values < 0
+    starts = [range(0, size - 1, block) for size in values.shape]
+    vertices, faces, count = [], [], 0
+    for low in np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, 3):
+        window = tuple(slice(lo, lo + block + 1) for lo in low)
+        corners = inside[window]
+        if corners.all() or not corners.any():
+            continue
+        # PyMCubes orients faces outward for fields that are larger inside, hence the negation.
+        v, f = mcubes.marching_cubes(-values[window].astype(np.float64), 0.0)
+        vertices.append(v + low)
+        faces.append(f + count)
+        count += len(v)
+    vertices, faces = np.concatenate(vertices), np.concatenate(faces)
+    # A shared vertex is the same edge crossing computed twice: equal up to rounding of the offset.
+    _, first, inverse = np.unique(np.round(vertices, 6), axis=0, return_index=True, return_inverse=True)
+    return index_to_coord(vertices[first], values.shape[0]).astype(np.float32), inverse.reshape(-1)[
+        faces
+    ].astype(np.int64)
 
 
 def coarsest_start(resolution: int, largest: int = 32) -> int:
