@@ -446,10 +446,10 @@ def test_kl_closed_form():
     torch.testing.assert_close(posterior.kl(), expected.mean()[None])
 
 
-def test_exact_elements_are_kept_by_a_sample_and_left_out_of_the_kl():
-    mean, logvar = torch.tensor([[[0.5, 1.0, 0.0]]]), torch.tensor([[[0.0, 0.0, 1.0]]])
-    exact = torch.tensor([True, False, False])
-    posterior = DiagonalGaussian(mean, logvar, exact)
+def test_fixed_elements_given_exactly_are_kept_by_a_sample_and_left_out_of_the_kl():
+    mean, logvar = torch.tensor([[[0.5, 1.0, 0.0]]]), torch.tensor([[[-torch.inf, 0.0, 1.0]]])
+    fixed = torch.tensor([True, False, False])
+    posterior = DiagonalGaussian(mean, logvar, fixed)
     assert posterior.std[..., 0].item() == 0.0 and posterior.std[..., 1].item() == 1.0
     assert (posterior.sample()[..., 0] == 0.5).all()
     drawn = DiagonalGaussian(mean[..., 1:], logvar[..., 1:])
@@ -473,6 +473,20 @@ def test_anchored_tokens_carry_their_surface_points_exactly(batch):
     torch.testing.assert_close(posterior.sample()[..., :3], anchors)
     features = DiagonalGaussian(posterior.mean[..., 3:], posterior.logvar[..., 3:])
     torch.testing.assert_close(posterior.kl(), features.kl(), msg="the anchors cost no KL")
+
+
+def test_anchors_given_up_to_a_std_are_jittered_by_a_sample_and_cost_no_kl(batch):
+    model = VecSetVAE(
+        num_latents=16, latent_channels=4, width=32, heads=2, depth=1, token_positions=True, anchor_std=0.05
+    ).eval()
+    posterior = model.encode(model.inputs_from_batch(batch))
+    torch.testing.assert_close(posterior.std[..., :3], torch.full_like(posterior.mean[..., :3], 0.05))
+    jitter = torch.stack([posterior.sample()[..., :3] - posterior.mean[..., :3] for _ in range(50)])
+    assert jitter.std().item() == pytest.approx(0.05, rel=0.05)
+    features = DiagonalGaussian(posterior.mean[..., 3:], posterior.logvar[..., 3:])
+    torch.testing.assert_close(posterior.kl(), features.kl(), msg="the anchors cost no KL")
+    with pytest.raises(ValueError, match="anchor_std"):
+        VecSetVAE(num_latents=16, latent_channels=4, width=32, heads=2, depth=1, anchor_std=0.05)
 
 
 def test_an_anchored_head_reads_the_tokens_around_a_point_and_the_null_token_far_from_all():

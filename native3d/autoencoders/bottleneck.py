@@ -22,18 +22,19 @@ from torch import Tensor, nn
 class DiagonalGaussian:
     """N(mean, exp(logvar)) over a latent of any shape (B, ...); the first axis is the batch.
 
-    `exact` (a bool mask broadcastable to `mean`, optional) marks elements that the encoder gives
-    exactly rather than as a distribution, e.g. the anchor points of a VecSet's tokens: their std is 0,
-    a sample keeps them, and the KL leaves them out.
+    `fixed` (a bool mask broadcastable to `mean`, optional) marks elements whose spread the encoder
+    does not learn, e.g. the anchor points of a VecSet's tokens, given exactly (logvar -inf, std 0: a
+    sample keeps them) or up to a set std: the KL leaves them out.
     """
 
     def __init__(
-        self, mean: Float[Tensor, "B ..."], logvar: Float[Tensor, "B ..."], exact: Tensor | None = None
+        self, mean: Float[Tensor, "B ..."], logvar: Float[Tensor, "B ..."], fixed: Tensor | None = None
     ) -> None:
         self.mean = mean
         # Clamping keeps exp() finite early in training, as in the LDM / 3DShape2VecSet code.
-        self.logvar = logvar.clamp(-30.0, 20.0)
-        self.exact = exact
+        clamped = logvar.clamp(-30.0, 20.0)
+        self.logvar = clamped if fixed is None else torch.where(fixed, logvar, clamped)
+        self.fixed = fixed
 
     @classmethod
     def from_moments(cls, moments: Tensor, dim: int) -> DiagonalGaussian:
@@ -43,8 +44,7 @@ class DiagonalGaussian:
 
     @property
     def std(self) -> Tensor:
-        std = torch.exp(0.5 * self.logvar)
-        return std if self.exact is None else std.masked_fill(self.exact, 0.0)
+        return torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> Float[Tensor, "B ..."]:
         noise = torch.randn(
@@ -56,16 +56,16 @@ class DiagonalGaussian:
         return self.mean
 
     def kl(self, reduction: Literal["mean", "sum"] = "mean") -> Float[Tensor, " B"]:
-        """KL(q || N(0, I)) per sample, over the elements that are not `exact`.
+        """KL(q || N(0, I)) per sample, over the elements that are not `fixed`.
 
         "mean" averages over latent elements (as 3DShape2VecSet does) so that a KL weight carries
         over between latent sizes; "sum" is the exact KL of the whole latent.
         """
         kl = 0.5 * (self.mean.float().square() + self.logvar.float().exp() - 1.0 - self.logvar.float())
-        if self.exact is None:
+        if self.fixed is None:
             kl = kl.flatten(1)
             return kl.mean(dim=1) if reduction == "mean" else kl.sum(dim=1)
-        drawn = (~self.exact).expand_as(kl).flatten(1)
+        drawn = (~self.fixed).expand_as(kl).flatten(1)
         total = kl.flatten(1).masked_fill(~drawn, 0.0).sum(dim=1)
         return total / drawn.sum(dim=1).clamp_min(1) if reduction == "mean" else total
 
