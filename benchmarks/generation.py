@@ -286,24 +286,16 @@ def class_sheet(samples: Path) -> None:
 def classifier_ceiling(paths: dict, out: Path) -> dict:
     """Prompt accuracy's rule applied to real shapes: CEILING_SHAPES training shapes (their stored
     surface points) classified by their nearest held-out shapes (min Chamfer-L1, EVAL_POINTS points)."""
-    from native3d.evaluation.generation import load_reference, nearest_classes
-    from native3d.metrics import pairwise_distances
+    from native3d.evaluation.generation import nearest_class_accuracy
 
-    path = out / "ceiling.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    refs = load_reference(paths["heldout"], EVAL_POINTS, seed=0)
-    shapes = load_reference(paths["train"], EVAL_POINTS, seed=1)
-    count = min(CEILING_SHAPES, len(shapes.names))
-    distances = pairwise_distances(
-        shapes.points[:count], refs.points, metric="chamfer", normalization="none", seed=0, convention="l1"
-    )
-    predicted = nearest_classes(distances.value, [e["class"] for e in refs.entries], "min")
-    truth = [e["class"] for e in shapes.entries[:count]]
-    result = {"shapes": count, "accuracy": sum(a == b for a, b in zip(truth, predicted)) / count}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    return result
+    def compute() -> dict:
+        count = min(CEILING_SHAPES, load_index(paths["train"]).num_samples)
+        return {
+            "shapes": count,
+            "accuracy": nearest_class_accuracy(paths["train"], paths["heldout"], EVAL_POINTS, count),
+        }
+
+    return cached(out / "ceiling.json", compute)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,28 +441,22 @@ def data_reference(paths: dict, count: int, out: Path) -> dict:
     class as often as the samples have it) against the held-out set: what "diverse enough" is."""
 
     def compute() -> dict:
-        from native3d.evaluation.generation import PointSet, distance_matrices, load_reference
-        from native3d.metrics import coverage, minimum_matching_distance, one_nna
+        from native3d.evaluation.generation import PointSet, distribution_metrics, load_reference
 
         refs = load_reference(paths["heldout"], EVAL_POINTS, seed=0)
         shapes = load_reference(paths["train"], EVAL_POINTS, seed=1)
         real = PointSet(shapes.names[:count], shapes.points[:count], shapes.entries[:count])
-        d_sr, d_ss, d_rr = distance_matrices(real, refs, "chamfer", seed=0)
-        return {
-            "shapes": len(real.names),
-            "mmd": minimum_matching_distance(d_sr).mean(),
-            "cov": coverage(d_sr).mean(),
-            "1-nna": one_nna(d_sr, d_ss, d_rr).mean(),
-        }
+        _, stats = distribution_metrics(real, refs, "chamfer", seed=0)
+        return {"shapes": len(real.names), **{name: result.mean() for name, result in stats.items()}}
 
-    return cached(out / f"data_reference_{count}.json", compute)
+    return cached(out / f"reference_statistics_{count}.json", compute)
 
 
 def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: float, num: int) -> dict:
     from native3d.encode import encode_shard_set
 
-    ae_config, diffusion_config = BACKBONES[name]
-    ae_ckpt = fit_autoencoder(ae_config, paths, out / "autoencoders" / name, minutes_ae)
+    ae_name, diffusion_config = BACKBONES[name]
+    ae_ckpt = fit_autoencoder(ae_name, paths, out / "autoencoders" / name, minutes_ae)
     latents = out / "latents" / name
     if not (latents / "index.json").is_file():
         encode_shard_set(str(ae_ckpt), str(paths["train"]), str(latents))

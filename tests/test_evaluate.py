@@ -14,7 +14,7 @@ from test_training import fit
 from data_prep.sources.primitives import iter_primitives
 from native3d.cli import main as native3d
 from native3d.data.shards import iter_samples
-from native3d.evaluation.generation import evaluate_generation, prompted_class
+from native3d.evaluation.generation import PointSet, distribution_metrics, evaluate_generation, prompted_class
 from native3d.evaluation.reconstruction import (
     Reconstruction,
     reference_mesh,
@@ -170,6 +170,23 @@ def test_copies_of_the_reference_cover_it_and_match_their_prompts(
     assert "corrupt.glb" in (out / "metrics.md").read_text()
 
 
+def spheres(radii: torch.Tensor, points: int = 64) -> PointSet:
+    directions = torch.nn.functional.normalize(torch.randn(len(radii), points, 3), dim=-1)
+    return PointSet([str(i) for i in range(len(radii))], directions * radii[:, None, None], [{}] * len(radii))
+
+
+def test_one_nna_of_samples_drawn_like_the_references_is_near_a_half_against_many_more_references():
+    torch.manual_seed(0)
+    samples, refs = spheres(0.3 + 0.6 * torch.rand(24)), spheres(0.3 + 0.6 * torch.rand(192))
+    d_sr, stats = distribution_metrics(samples, refs, "chamfer", seed=0)
+    assert d_sr.value.shape == (24, 192), "MMD and COV see every reference"
+    # Against all 192 references (a reference's nearest neighbour is then another reference almost
+    # always) these sets read 0.78-0.82; 24 against 24 of them, 0.33-0.63 over six draws.
+    assert 0.25 <= stats["1-nna"].mean() <= 0.75
+    far = spheres(2.0 + torch.rand(24))
+    assert distribution_metrics(far, refs, "chamfer", seed=0)[1]["1-nna"].mean() == 1.0
+
+
 def test_exact_emd_a_wrong_prompt_and_samples_without_a_mesh(primitive_shards, tmp_path):
     items = list(iter_primitives(3, seed=0))
     for i, item in enumerate(items):
@@ -227,3 +244,24 @@ def test_nearest_class_by_min_and_mean():
     d_sr = torch.tensor([[0.1, 0.9, 0.4, 0.4]])  # one sample; references a, a, b, b
     assert nearest_classes(d_sr, ["a", "a", "b", "b"], "min") == ["a"]
     assert nearest_classes(d_sr, ["a", "a", "b", "b"], "mean") == ["b"]
+
+
+def test_the_rule_names_the_class_of_shapes_that_are_in_the_reference(primitive_shards, tmp_path):
+    import os
+
+    from native3d.data.shards import load_index
+    from native3d.evaluation.generation import nearest_class_accuracy
+
+    # Against itself every shape's nearest reference is itself (another subset of its points): all right.
+    assert nearest_class_accuracy(primitive_shards, primitive_shards, points=128) == 1.0
+    # A reference of the first shard's shapes only: a shape of a class it lacks is named wrongly.
+    index = load_index(primitive_shards)
+    first = index.info["shards"][0]
+    url = os.path.relpath(primitive_shards / first["url"], tmp_path)
+    info = {**index.info, "shards": [{**first, "url": url}], "num_samples": first["count"]}
+    (tmp_path / "index.json").write_text(json.dumps(info))
+    in_reference = {s["meta.json"]["class"] for s in iter_samples(tmp_path)}
+    shapes = [s["meta.json"]["class"] for s in iter_samples(primitive_shards)]
+    could_be_right = sum(c in in_reference for c in shapes) / len(shapes)
+    accuracy = nearest_class_accuracy(primitive_shards, tmp_path, points=128)
+    assert first["count"] / len(shapes) <= accuracy <= could_be_right < 1.0

@@ -2,7 +2,9 @@
 
 The distribution metrics are those of `native3d.metrics.generative` (Achlioptas et al. 2018;
 Yang et al. 2019), with Chamfer-L1 or exact EMD between point clouds of `points` points drawn
-from each generated mesh (area-weighted, seeded) and from each reference's surface points.
+from each generated mesh (area-weighted, seeded) and from each reference's surface points. MMD
+and COV compare the samples with every reference; 1-NNA, a two-sample test of sets of one size,
+compares as many samples as references, a seeded subset of the larger set (`balanced_subsets`).
 
 Frames: every generated mesh is brought into the shard schema's frame first (bounding box of its
 used vertices centred, longest side scaled to [-0.9, 0.9], `geometry.mesh.normalize`, as data
@@ -193,6 +195,33 @@ def nearest_classes(d_sr: torch.Tensor, ref_classes: list[str], reduce: ClassDis
     return [names[k] for k in per_class.argmin(dim=1).tolist()]  # (S,)
 
 
+def nearest_class_accuracy(
+    shapes: str | os.PathLike,
+    reference: str | os.PathLike,
+    points: int,
+    count: int | None = None,
+    seed: int = 0,
+) -> float:
+    """Prompt accuracy's rule applied to real shapes: how often the first `count` shapes of a shard set
+    (their surface points) are nearest (min Chamfer-L1) to a reference shape of their own class.
+
+    It is the accuracy that a model whose samples are indistinguishable from real shapes reaches, so
+    it says whether the reference has enough shapes per class for the rule to work.
+    """
+    refs = load_reference(reference, points, seed)
+    real = load_reference(shapes, points, seed + 1)
+    count = len(real.names) if count is None else min(count, len(real.names))
+    d = pairwise_distances(
+        real.points[:count],
+        refs.points,
+        metric="chamfer",
+        convention=CHAMFER_CONVENTION,
+        normalization="none",
+    )
+    predicted = nearest_classes(d.value, [e["class"] for e in refs.entries], "min")
+    return float(np.mean([e["class"] == p for e, p in zip(real.entries[:count], predicted)]))
+
+
 def prompt_accuracy(
     d_sr: torch.Tensor, samples: PointSet, refs: PointSet, reduce: ClassDistance
 ) -> tuple[dict, list[dict]]:
@@ -219,15 +248,49 @@ def prompt_accuracy(
 
 
 def distance_matrices(
-    samples: PointSet, refs: PointSet, metric: Distance, seed: int
+    samples: PointSet, refs: PointSet, balanced: torch.Tensor, metric: Distance, seed: int
 ) -> tuple[MetricResult, MetricResult, MetricResult]:
-    """D_sr, D_ss and D_rr with one set of settings."""
+    """D_sr over every reference; D_ss, and D_rr over the references indexed by `balanced`; with one
+    set of settings."""
     kwargs = {"chamfer": {"convention": CHAMFER_CONVENTION}, "emd": {"emd_backend": EMD_BACKEND}}[metric]
-    pairs = ((samples.points, refs.points), (samples.points, samples.points), (refs.points, refs.points))
+    chosen = refs.points[balanced]
+    pairs = ((samples.points, refs.points), (samples.points, samples.points), (chosen, chosen))
     results = []
     for a, b in tqdm(pairs, desc=f"{metric} distances", unit="matrix"):
         results.append(pairwise_distances(a, b, metric=metric, normalization="none", seed=seed, **kwargs))
     return tuple(results)
+
+
+def balanced_subsets(num_samples: int, num_refs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of as many samples as references (seeded subsets of the larger set) for 1-NNA, which
+    needs two sets of one size: against 8x as many references, a reference's nearest neighbour is
+    another reference almost always, and 1-NNA reads near 1 whatever the samples are."""
+    generator = torch.Generator().manual_seed(seed)
+    count = min(num_samples, num_refs)
+
+    def subset(total: int) -> torch.Tensor:
+        return (
+            torch.arange(total)
+            if total == count
+            else torch.randperm(total, generator=generator)[:count].sort().values
+        )
+
+    return subset(num_samples), subset(num_refs)
+
+
+def distribution_metrics(
+    samples: PointSet, refs: PointSet, metric: Distance, seed: int
+) -> tuple[MetricResult, dict[str, MetricResult]]:
+    """D_sr, and MMD, COV (every sample against every reference) and 1-NNA (balanced subsets)."""
+    balanced_samples, balanced_refs = balanced_subsets(len(samples.names), len(refs.names), seed)
+    d_sr, d_ss, d_rr = distance_matrices(samples, refs, balanced_refs, metric, seed)
+    pick = balanced_samples
+    nna = one_nna(
+        MetricResult(d_sr.value[pick][:, balanced_refs], d_sr.settings),
+        MetricResult(d_ss.value[pick][:, pick], d_ss.settings),
+        d_rr,
+    )
+    return d_sr, {"mmd": minimum_matching_distance(d_sr), "cov": coverage(d_sr), "1-nna": nna}
 
 
 def evaluate_generation(
@@ -253,12 +316,7 @@ def evaluate_generation(
             "the reference holds %d surface points per shape; using %d points, not %d", count, count, points
         )
     samples, failures, sampler_settings = load_generated(samples_folder, count, seed)
-    d_sr, d_ss, d_rr = distance_matrices(samples, refs, metric, seed)
-    stats = {
-        "mmd": minimum_matching_distance(d_sr),
-        "cov": coverage(d_sr),
-        "1-nna": one_nna(d_sr, d_ss, d_rr),
-    }
+    d_sr, stats = distribution_metrics(samples, refs, metric, seed)
     accuracy, class_rows = prompt_accuracy(d_sr.value, samples, refs, class_distance)
     nearest = d_sr.value.min(dim=1)
     rows = [
@@ -291,6 +349,7 @@ def evaluate_generation(
         "point_sampling": "generated: area-weighted on the mesh; reference: subset of the shard's surface points",
         "normalization": NORMALIZATION,
         "class_distance": class_distance,
+        "1-nna_sets": "as many samples as references, a seeded subset of the larger set",
         "seed": seed,
         "metrics": {name: r.settings for name, r in stats.items()},
         "sampler_settings": sampler_settings,
