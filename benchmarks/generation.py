@@ -13,7 +13,8 @@ first: training shapes, never seen by it, classified against the held-out set ("
 
 Per backbone (SetDiT over VecSet latents, UNet3D over grid latents, TriplaneUNet over triplane
 latents), with the YAML a user gives `native3d fit`:
-  1. the autoencoder (configs/autoencoder/<ae>_tiny.yaml) for `--minutes-ae`;
+  1. the autoencoder as the demo trains it (`native3d.demo.AUTOENCODERS`: configs/autoencoder/<ae>_tiny.yaml,
+     its data options, bfloat16 for the convolutional ones where the CPU has it) for `--minutes-ae`;
   2. its latents of the training shards (`native3d.encode.encode_shard_set`);
   3. text-conditioned latent diffusion (configs/diffusion/<backbone>_tiny.yaml + configs/data/latents.yaml)
      for `--minutes`;
@@ -27,7 +28,7 @@ sampled once per held-out object's view 0 (a PNG), `--samples-per-class` objects
 prompted class is that object's class.
 
 Training runs in this process through LightningCLI (as `native3d fit` does) with `max_time` = the
-budget and no step limit, so the learning rate is constant after warm-up and the EMA weights
+budget and no step limit, so the learning rate's cosine follows the clock and the EMA weights
 (decay 0.99, shorter than the YAML's 0.999 for runs of a few hundred steps) are what is sampled.
 The frozen text encoder runs once per distinct caption (`HFTextEncoder`'s cache).
 torch uses one thread (another job shares this 2-core machine). Every stage writes its output
@@ -67,10 +68,10 @@ from native3d.data.shards import load_index
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-BACKBONES = {  # name -> (autoencoder config, diffusion config)
-    "setdit": ("vecset_tiny.yaml", "set_dit_tiny.yaml"),
-    "unet3d": ("grid_tiny.yaml", "unet3d_tiny.yaml"),
-    "triplane": ("triplane_tiny.yaml", "triplane_unet_tiny.yaml"),
+BACKBONES = {  # name -> (autoencoder, as the demo trains it, diffusion config)
+    "setdit": ("vecset", "set_dit_tiny.yaml"),
+    "unet3d": ("grid", "unet3d_tiny.yaml"),
+    "triplane": ("triplane", "triplane_unet_tiny.yaml"),
 }
 SIZES = [
     "--surface-points",
@@ -196,7 +197,12 @@ def fit(configs: list[Path], overrides: list[str], out: Path, minutes: float) ->
     return final
 
 
-def fit_autoencoder(config: str, paths: dict, out: Path, minutes: float) -> Path:
+def fit_autoencoder(name: str, paths: dict, out: Path, minutes: float) -> Path:
+    """The demo's recipe for autoencoder `name` (`native3d.demo.AUTOENCODERS`: its config, data
+    options and precision), for `minutes`."""
+    from native3d.demo import AUTOENCODERS, bf16_precision
+
+    training = AUTOENCODERS[name]
     overrides = [
         "--data",
         "native3d.data.datamodule.ShardDataModule",
@@ -212,8 +218,11 @@ def fit_autoencoder(config: str, paths: dict, out: Path, minutes: float) -> Path
         "256",
         "--data.batches_per_epoch",
         "100",
+        *training.options,
+        "--trainer.precision",
+        bf16_precision() if training.bf16 else "32-true",
     ]
-    return fit([CONFIGS / "autoencoder" / config, CONFIGS / "trainer" / "cpu.yaml"], overrides, out, minutes)
+    return fit([*training.configs, CONFIGS / "trainer" / "cpu.yaml"], overrides, out, minutes)
 
 
 def fit_diffusion(config: str, ae_ckpt: Path, latents: Path, out: Path, minutes: float, image: bool) -> Path:

@@ -193,7 +193,7 @@ def run(argv: list[str]) -> int:
         return run_evaluate(args)
     from native3d.demo import run_demo
 
-    return run_demo(args.out, run, workers=args.workers)
+    return run_demo(args.out, workers=args.workers)
 
 
 if __name__ == "__main__":
