@@ -299,40 +299,41 @@ def train_autoencoder(name: str, out: Path, stages: Stages, command: Commands) -
         100,
     ]
 
-    def fit() -> None:
-        command(f"autoencoder: {name}", fit_argv(training, data, run_dir, bf16_precision()))
-        keep_last(run_dir, ckpt)
-
-    stages.run(f"autoencoder: {name}", ckpt, fit)
+    fit_stage(
+        f"autoencoder: {name}",
+        fit_argv(training, data, run_dir, bf16_precision()),
+        run_dir,
+        ckpt,
+        stages,
+        command,
+    )
     latents = out / "latents" / name
-    stages.run(
+    command_stage(
         f"encode: {name}",
         latents / "index.json",
-        lambda: command(
-            f"encode: {name}",
-            ["encode", "--ckpt", ckpt, "--data", out / "shards" / "primitives", "--out", latents],
-        ),
+        ["encode", "--ckpt", ckpt, "--data", out / "shards" / "primitives", "--out", latents],
+        stages,
+        command,
     )
     metrics = out / "reconstruction" / name / "metrics.json"
-    stages.run(
+    command_stage(
         f"evaluate: {name} reconstruction",
         metrics,
-        lambda: command(
-            f"evaluate: {name} reconstruction",
-            [
-                "evaluate",
-                "--ckpt",
-                ckpt,
-                "--data",
-                out / "shards" / "primitives_heldout",
-                "--out",
-                metrics.parent,
-                "--resolution",
-                MESH_RESOLUTION,
-                "--limit",
-                RECONSTRUCTED,
-            ],
-        ),
+        [
+            "evaluate",
+            "--ckpt",
+            ckpt,
+            "--data",
+            out / "shards" / "primitives_heldout",
+            "--out",
+            metrics.parent,
+            "--resolution",
+            MESH_RESOLUTION,
+            "--limit",
+            RECONSTRUCTED,
+        ],
+        stages,
+        command,
     )
     check_autoencoder(name, metrics, run_dir)
 
@@ -352,36 +353,48 @@ def train_diffusion(name: str, out: Path, stages: Stages, command: Commands) -> 
         out / "autoencoders" / f"{ae}.ckpt",
     ]
 
-    def fit() -> None:
-        command(f"diffusion: {name}", fit_argv(training, data, run_dir, "32-true"))
-        keep_last(run_dir, ckpt)
-
-    stages.run(f"diffusion: {name}", ckpt, fit)
+    fit_stage(
+        f"diffusion: {name}", fit_argv(training, data, run_dir, "32-true"), run_dir, ckpt, stages, command
+    )
     generation = out / "generation" / name
-    stages.run(
+    command_stage(
         f"sample and evaluate: {name}",
         generation / "metrics.json",
-        lambda: command(
-            f"sample and evaluate: {name}",
-            [
-                "evaluate",
-                "--ckpt",
-                ckpt,
-                "--reference",
-                out / "shards" / "primitives_heldout",
-                "--out",
-                generation,
-                "--num",
-                SAMPLES_PER_CLASS,
-                "--steps",
-                SAMPLE_STEPS,
-                "--resolution",
-                MESH_RESOLUTION,
-                "--points",
-                EVAL_POINTS,
-            ],
-        ),
+        [
+            "evaluate",
+            "--ckpt",
+            ckpt,
+            "--reference",
+            out / "shards" / "primitives_heldout",
+            "--out",
+            generation,
+            "--num",
+            SAMPLES_PER_CLASS,
+            "--steps",
+            SAMPLE_STEPS,
+            "--resolution",
+            MESH_RESOLUTION,
+            "--points",
+            EVAL_POINTS,
+        ],
+        stages,
+        command,
     )
+
+
+def command_stage(stage: str, output: Path, argv: list, stages: Stages, command: Commands) -> None:
+    """A stage that is one `native3d` command writing `output`."""
+    stages.run(stage, output, lambda: command(stage, argv))
+
+
+def fit_stage(stage: str, argv: list, run_dir: Path, ckpt: Path, stages: Stages, command: Commands) -> None:
+    """A `native3d fit` stage into `run_dir` whose last checkpoint is kept as `ckpt`."""
+
+    def fit() -> None:
+        command(stage, argv)
+        keep_last(run_dir, ckpt)
+
+    stages.run(stage, ckpt, fit)
 
 
 def check_autoencoder(name: str, metrics: Path, run_dir: Path) -> None:
