@@ -89,7 +89,7 @@ THREADS = 1
 AE_BATCH, AE_QUERIES = 8, 2048
 DIFFUSION_BATCH = 32
 EMA_DECAY = 0.99
-SAMPLE_STEPS, GUIDANCE, MESH_RESOLUTION = 25, 3.0, 64
+SAMPLE_STEPS, MESH_RESOLUTION = 25, 64  # guidance: each model's own (its YAML's `guidance`)
 EVAL_POINTS = 512
 
 
@@ -267,7 +267,6 @@ def sample_and_evaluate(ckpt: Path, num: int, folder: Path, reference: Path) -> 
         ckpt=str(ckpt),
         num=num,
         steps=SAMPLE_STEPS,
-        guidance=GUIDANCE,
         resolution=MESH_RESOLUTION,
         batch_size=num,
         format="ply",
@@ -531,11 +530,11 @@ def print_table(
         f"12 classes, sizes {train.info['sizes']}"
     )
     print(
-        f"budgets: autoencoder {args.minutes_ae} min, diffusion {args.minutes} min per model (max_time; constant lr after "
-        f"warm-up, EMA {EMA_DECAY}); diffusion batch {DIFFUSION_BATCH}; torch threads {THREADS}; load average before/after: {load[0]} / {load[1]}"
+        f"budgets: autoencoder {args.minutes_ae} min, diffusion {args.minutes} min per model (max_time; the lr's cosine "
+        f"follows the clock, EMA {EMA_DECAY}); diffusion batch {DIFFUSION_BATCH}; torch threads {THREADS}; load average before/after: {load[0]} / {load[1]}"
     )
     print(
-        f"sampling: Euler {SAMPLE_STEPS} steps, guidance {GUIDANCE}, marching cubes {MESH_RESOLUTION}^3; text: prompt "
+        f"sampling: Euler {SAMPLE_STEPS} steps, each model's own guidance, marching cubes {MESH_RESOLUTION}^3; text: prompt "
         f"'a <class>', {args.samples_per_class} samples per class; image: view 0 of {args.samples_per_class} held-out objects per class, 1 sample each"
     )
     print(

@@ -61,9 +61,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "--sampler",
         help="euler or heun (rectified flow), ddim or dpm++ (DDPM); default: the checkpoint's own",
     )
-    parser.add_argument("--steps", type=positive, default=50, help="sampler steps")
+    parser.add_argument("--steps", type=positive, help="sampler steps; default: the checkpoint's own")
     parser.add_argument(
-        "--guidance", type=non_negative, default=3.0, help="classifier-free guidance scale (1 = off)"
+        "--guidance",
+        type=non_negative,
+        help="classifier-free guidance scale (1 = off); default: the checkpoint's own",
     )
     parser.add_argument(
         "--dense", action="store_true", help="decode the dense grid instead of coarse-to-fine"

@@ -37,9 +37,10 @@ class SampleSettings:
     prompts: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     num: int = 1
-    sampler: str | None = None  # None: the checkpoint's own; `resolved` names it
-    steps: int = 50
-    guidance: float = 3.0
+    # None: the checkpoint's own (its YAML's `sampler`, `sample_steps`, `guidance`); `resolved` names them
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
     resolution: int = 128
     seed: int = 0
     batch_size: int = 8
@@ -49,9 +50,13 @@ class SampleSettings:
 
 
 def resolved(settings: SampleSettings, model) -> SampleSettings:
-    """`settings` with the sampler that will run named, checked against the model's objective."""
+    """`settings` with what will run named: the sampler (checked against the model's objective), its
+    steps and guidance, the model's own where the settings leave them out."""
     return replace(
-        settings, sampler=resolve_sampler(settings.sampler or model.sampler, model.objective.schedule)
+        settings,
+        sampler=resolve_sampler(settings.sampler or model.sampler, model.objective.schedule),
+        steps=settings.steps or model.hparams.sample_steps,
+        guidance=model.hparams.guidance if settings.guidance is None else settings.guidance,
     )
 
 

@@ -102,7 +102,8 @@ def test_fit_reload_sample_writes_meshes(config, latent_sets, tmp_path):
     for record in written:
         assert (tmp_path / "samples" / record["file"]).stat().st_size > 0
         assert (tmp_path / "samples" / record["render"]).exists()
-    assert json.loads((tmp_path / "samples" / "samples.json").read_text())["settings"]["guidance"] == 3.0
+    recorded = json.loads((tmp_path / "samples" / "samples.json").read_text())["settings"]["guidance"]
+    assert recorded == model.hparams.guidance, "the checkpoint's own guidance, named in the record"
 
 
 def one_error_line(capsys) -> str:
@@ -137,33 +138,26 @@ def test_the_sampler_is_chosen_by_name_recorded_and_must_fit_the_objective(
 ):
     ae, latents = latent_sets["vecset_tiny.yaml"]
     uncond = ("--config", str(CONFIGS / "conditioning" / "unconditional.yaml"))
-    ckpt = fit_diffusion(
+    ckpt = fit_diffusion(  # sample_steps 4
         "set_dit_tiny.yaml",
         ae,
         latents,
         tmp_path / "run",
         steps=2,
-        extra=(*uncond, "--model.init_args.sampler", "heun"),
+        extra=(*uncond, "--model.init_args.sampler", "heun", "--model.init_args.guidance", "1.5"),
     )
     assert load_diffusion(ckpt).sampler == "heun", "a sampler set in the YAML travels in the checkpoint"
     out = tmp_path / "samples"
-    argv = [
-        "sample",
-        "--ckpt",
-        str(ckpt),
-        "--num",
-        "1",
-        "--steps",
-        "2",
-        "--resolution",
-        "32",
-        "--out",
-        str(out),
-    ]
+    argv = ["sample", "--ckpt", str(ckpt), "--num", "1", "--resolution", "32", "--out", str(out)]
     assert native3d(argv) == 0
-    assert json.loads((out / "samples.json").read_text())["settings"]["sampler"] == "heun"
-    assert native3d([*argv, "--sampler", "euler"]) == 0
-    assert json.loads((out / "samples.json").read_text())["settings"]["sampler"] == "euler"
+    settings = json.loads((out / "samples.json").read_text())["settings"]
+    assert (settings["sampler"], settings["steps"], settings["guidance"]) == ("heun", 4, 1.5), (
+        "what the command does not name, the checkpoint's own YAML decides, and the record names it"
+    )
+    assert native3d([*argv, "--sampler", "euler", "--steps", "3", "--guidance", "2"]) == 0
+    settings = json.loads((out / "samples.json").read_text())["settings"]
+    assert (settings["sampler"], settings["steps"], settings["guidance"]) == ("euler", 3, 2.0)
+    argv += ["--steps", "2"]
     capsys.readouterr()
     assert native3d([*argv, "--sampler", "ddim"]) == 2
     assert (
