@@ -11,8 +11,8 @@
 Every stage goes through the same commands a user runs (`native3d prep|fit|encode|evaluate`), each
 in a process of its own with its output in `<out>/logs/`, and is skipped when its output exists, so a
 rerun reuses what is finished. The models train in `LANES` lanes side by side, each process with its
-share of the cores: a small model's step does not use two cores well (1.2-1.7x the speed of one), so
-two one-core runs at once do more work than one after the other. Training is bounded by minutes per
+share of the cores: a small model's step does not use two cores well, so two one-core runs at once do
+more work than one after the other (docs/results.md, The demo). Training is bounded by minutes per
 model (the cosine of the learning rate follows the clock) and by a step count that only a GPU
 reaches; Lightning's `accelerator: auto` takes a GPU where there is one.
 """
@@ -44,8 +44,8 @@ DEMO_SIZES = Sizes(
 )
 # The primitives stand upright, as category-aligned data sets do: prompt accuracy classifies a sample
 # by its nearest held-out shapes, a rule that mislabels a third of real shapes in any pose
-# (docs/results.md, Generation). It needs enough held-out shapes per class: with 4 it classifies 72%
-# of the real training shapes right, with 24 97% (docs/results.md, The demo).
+# (docs/results.md, Generation). It needs enough held-out shapes per class to name the class of real
+# shapes, hence 24 of each (docs/results.md, The demo).
 PRIMITIVES = ["--source", "primitives", "--poses", "upright"]
 SHARD_SETS = {  # name -> `native3d prep build` source arguments
     "primitives": [*PRIMITIVES, "--count", "240", "--seed", "0", "--shard-size", "24"],
@@ -63,7 +63,7 @@ class Training:
     minutes: float
     steps: int
     options: tuple[str, ...] = ()
-    bf16: bool = False  # bfloat16 autocast where the device computes in it (convolutions gain 1.4-1.6x)
+    bf16: bool = False  # bfloat16 autocast where the device computes in it (it speeds up convolutions)
 
 
 def autoencoder(config: str, minutes: float, steps: int, *options: str, bf16: bool = False) -> Training:
@@ -75,7 +75,7 @@ def diffusion(config: str, minutes: float, *extra: str) -> Training:
     return Training(configs, minutes, DIFFUSION_STEPS)
 
 
-# Minutes on one core of a 2-core CPU, where the two lanes together end in about 16 minutes. The
+# Minutes on one core of a 2-core CPU, sized so that the demo ends within 20 minutes there. The
 # VecSet and its SetDiT learn slowest and get the most; the VecSet reads half its surface and query
 # points, which makes its steps cheaper.
 DIFFUSION_STEPS = 4000

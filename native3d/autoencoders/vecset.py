@@ -31,10 +31,8 @@ with the features, and the latent is still an unordered set.
 
 `anchor_std`: the posterior gives the anchors this fixed std instead of 0, so the decoder trains
 on anchors jittered by it and the diffusion model on latents drawn with it. A decoder trained on
-exact anchors is fragile to where they are, and generated anchors are never exact: noise of std 0.1
-on the normalized anchors alone (about 0.05 in coordinates) moved the decoded occupancy to IoU 0.76
-of the clean shape; trained with `anchor_std` 0.02 it keeps 0.88 (docs/results.md, "The latent
-set with anchored tokens").
+exact anchors is fragile to where they are, and generated anchors are never exact
+(docs/results.md, "The latent set with anchored tokens").
 """
 
 from __future__ import annotations
