@@ -127,18 +127,30 @@ CORNERS = np.array([(i, j, k) for i in (0, 1) for j in (0, 1) for k in (0, 1)])
 
 def unknown_corners_of_crossings(values: np.ndarray, known: np.ndarray, changed: np.ndarray) -> np.ndarray:
     """Flat indices of the interpolated corners of the cells that touch the `changed` samples (flat
-    indices) and change sign: where the surface goes next."""
-    shape = values.shape
-    samples = np.stack(np.unravel_index(changed, shape), axis=-1)  # (P, 3)
-    cells = (samples[:, None] - CORNERS).reshape(-1, 3)  # every cell that has one of them as a corner
-    cells = cells[((cells >= 0) & (cells < np.array(shape) - 1)).all(axis=1)]
-    cells = np.unique(np.ravel_multi_index(tuple(cells.T), shape))  # a cell is named by its lowest corner
-    corners = np.ravel_multi_index(
-        tuple((np.stack(np.unravel_index(cells, shape), axis=-1)[:, None] + CORNERS).reshape(-1, 3).T), shape
-    ).reshape(-1, 8)  # (C, 8)
-    inside = values.flat[corners] < 0
-    corners = np.unique(corners[inside.any(axis=1) & ~inside.all(axis=1)])
-    return corners[~known.flat[corners]]
+    indices) and change sign: where the surface goes next.
+
+    Sets of cells and corners are kept as flags over the whole grid rather than deduplicated by
+    sorting: one pass over the flags costs less than sorting the millions of candidates of a
+    fine level.
+    """
+    shape = np.array(values.shape)
+    offsets = CORNERS @ np.array([shape[1] * shape[2], shape[2], 1])  # (8,) flat offsets of a cell's corners
+    # Sample s is corner o of the cell whose lowest corner is s - o; a cell is named by the flat index
+    # of its lowest corner. Where s - o steps off the grid, the flat index is negative or wraps
+    # to a corner with some coordinate at the grid's far end, which no cell has as its lowest.
+    cells = distinct_indices(values.size, (changed[:, None] - offsets).ravel(), allow_negative=True)
+    cells = cells[(np.stack(np.unravel_index(cells, values.shape), axis=-1) < shape - 1).all(axis=1)]
+    corners = cells[:, None] + offsets  # (C, 8)
+    inside = values.ravel()[corners] < 0
+    corners = corners[inside.any(axis=1) & ~inside.all(axis=1)].ravel()
+    return distinct_indices(values.size, corners[~known.ravel()[corners]])
+
+
+def distinct_indices(size: int, index: np.ndarray, allow_negative: bool = False) -> np.ndarray:
+    """The distinct values of `index` (flat indices below `size`; negatives dropped if allowed), sorted."""
+    marked = np.zeros(size, dtype=bool)
+    marked[index[index >= 0] if allow_negative else index] = True
+    return np.flatnonzero(marked)
 
 
 def evaluate_at(
