@@ -9,6 +9,8 @@ decoder queries, wall seconds (decoder features + grid evaluation + marching cub
 `decode_mesh` costs), the speedup against dense in the same run, the IoU of the two grids' inside
 (sdf < 0) and the Chamfer-L1 distance between the meshes (`native3d.metrics.chamfer_distance` on
 `--points` points sampled from each mesh with the same fixed seed, so that sampling noise cancels).
+A "floor" row counts the corners of the cells that the dense surface crosses: no method that gives
+the same mesh asks fewer, so its speedup (at dense's cost per query) bounds the exact methods'.
 
 Fields:
   - analytic sphere and torus (exact SDFs, almost free to evaluate), for reference;
@@ -20,7 +22,8 @@ Fields:
     PYTHONPATH=. .venv/bin/python benchmarks/decode.py [--ckpt AE.ckpt] [--latents 2] [--steps 300]
 
 The last line is machine-readable: `<config>:<c2f|sign|bf16|kv>_<speedup|iou|chamfer>_256=<x>` for each
-decoder (its latents pooled: total dense / total seconds, mean IoU and Chamfer).
+decoder (its latents pooled: total dense / total seconds, mean IoU and Chamfer), and
+`<config>:floor_speedup_256=<x>`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,14 @@ from native3d.checkpoints import load_autoencoder  # noqa: E402
 from native3d.cli import main as native3d  # noqa: E402
 from native3d.data.datamodule import collate, hold_out, sample_to_tensors  # noqa: E402
 from native3d.data.shards import iter_samples, load_index  # noqa: E402
-from native3d.geometry.marching_cubes import NoSurfaceError, coarse_to_fine_grid, dense_grid, marching_cubes  # noqa: E402
+from native3d.geometry.marching_cubes import (  # noqa: E402
+    NoSurfaceError,
+    active_cells,
+    coarse_to_fine_grid,
+    corners_of,
+    dense_grid,
+    marching_cubes,
+)
 from native3d.geometry.sampling import sample_surface  # noqa: E402
 from native3d.metrics import chamfer_distance  # noqa: E402
 
@@ -169,6 +179,9 @@ def torus(points: np.ndarray) -> np.ndarray:
 
 METHODS = ("dense", "coarse-to-fine", "c2f, sign only", "c2f + bfloat16", "c2f + bf16 + KV sel.")
 SIGN_ONLY = METHODS[2]  # coarse-to-fine with safety 0: only the cells that change sign, then tracing
+# Not a method: the corners of the cells the dense surface crosses, which any method must ask for the
+# same mesh, timed at dense's cost per query. Its speedup bounds every exact method with that cost.
+FLOOR = "floor: surface corners"
 
 
 def extract(field: Callable, resolution: int, method: str, chunk: int):
@@ -233,7 +246,11 @@ def compare(name: str, field: Callable, resolution: int, methods, chunk: int, po
     try:
         dense, dense_grid_, dense_s = extract(field, resolution, "dense", chunk)
         rows = [row(name, resolution, "dense", dense_grid_.queries, dense_s, dense_s, 1.0, 0.0)]
-        print(format_row(rows[-1]), flush=True)
+        floor = int(corners_of(active_cells(dense_grid_.values, 2.0 / resolution, safety=0.0)).sum())
+        rows.append(
+            row(name, resolution, FLOOR, floor, dense_s * floor / dense_grid_.queries, dense_s, 1.0, 0.0)
+        )
+        print(*map(format_row, rows), sep="\n", flush=True)
         for method in methods[1:]:
             mesh, grid, seconds = extract(field, resolution, method, chunk)
             iou, chamfer = volume_iou(dense_grid_.values, grid.values), mesh_chamfer(dense, mesh, points)
@@ -333,7 +350,7 @@ def benchmark_decoder(ckpt: Path, data: Path, resolutions: list[int], args) -> d
     summary = {}
     for resolution in resolutions:
         if any(r["resolution"] == resolution for r in rows):
-            summary[resolution] = {m: pooled(rows, resolution, m) for m in methods}
+            summary[resolution] = {m: pooled(rows, resolution, m) for m in (*methods, FLOOR)}
             for pooled_row in summary[resolution].values():
                 print(format_row(pooled_row))
     return summary
@@ -341,10 +358,14 @@ def benchmark_decoder(ckpt: Path, data: Path, resolutions: list[int], args) -> d
 
 def machine_line(summaries: dict[str, dict[int, dict[str, dict]]], resolution: int = 256) -> str:
     """`<decoder>:<metric>_256=<value>` for coarse-to-fine (c2f_), sign only (sign_), in bfloat16 (bf16_),
-    with KV selection (kv_)."""
+    with KV selection (kv_), and `<decoder>:floor_speedup_256`, the bound of exact methods."""
     fields = []
     for name, summary in summaries.items():
         methods = summary.get(resolution, {})
+        if FLOOR in methods:
+            fields.append(
+                f"{name}:floor_speedup_{resolution}={methods[FLOOR]['dense_s'] / methods[FLOOR]['seconds']:.2f}"
+            )
         for prefix, method in zip(("c2f", "sign", "bf16", "kv"), METHODS[1:]):
             r = methods.get(method)
             speedup, iou, chamfer = (
