@@ -121,3 +121,27 @@ def test_coarse_to_fine_traces_a_part_that_the_coarse_grid_misses(monkeypatch):
     monkeypatch.setattr(mc, "unknown_corners_of_crossings", lambda *args: np.zeros(0, dtype=np.int64))
     cut = coarse_to_fine_grid(finned_sphere, 128, start_resolution=32, safety=0.0)
     assert ((cut.values < 0) != (dense.values < 0)).sum() > 100
+
+
+def test_tracing_finds_the_unknown_corners_of_every_crossing_cell_next_to_the_changed_samples():
+    """The flat-index tracing step against the definition, on grids whose changed samples lie on every
+    face and corner of the grid (where a step off the grid must not wrap to another row)."""
+    from native3d.geometry.marching_cubes import CORNERS, unknown_corners_of_crossings
+
+    rng = np.random.default_rng(0)
+    for shape in [(5, 5, 5), (4, 6, 7)]:
+        values = rng.normal(size=shape).astype(np.float32)
+        known = rng.random(shape) < 0.5
+        changed = np.unique(np.r_[rng.integers(0, values.size, 40), 0, values.size - 1])
+        expected = set()
+        for sample in np.stack(np.unravel_index(changed, shape), axis=-1):
+            for offset in CORNERS:
+                cell = sample - offset
+                if (cell < 0).any() or (cell >= np.array(shape) - 1).any():
+                    continue
+                corners = [tuple(cell + c) for c in CORNERS]
+                signs = {values[c] < 0 for c in corners}
+                if len(signs) == 2:
+                    expected |= {np.ravel_multi_index(c, shape) for c in corners if not known[c]}
+        found = unknown_corners_of_crossings(values, known, changed)
+        assert list(found) == sorted(expected)
