@@ -42,7 +42,9 @@ decoded and classified by the same rule: what a perfect diffusion model reaches)
 IoU, the diffusion share (sampled / ceiling accuracy), COV against that of as many real training
 shapes ("data reference"), and what makes the latent easy or hard to diffuse (per-channel std of the
 normalized latents, KL per element, IoU of a decoded shape under noise of std 0.1 and 0.3 on its
-normalized latent). Everything is also written to `<out>/results.json`.
+normalized latent), and the round trip (held-out latents noised to t = 0.2 and 0.5 and sampled back by
+the text model, IoU with their own decoding; for anchored VecSet latents also with the anchors
+given). Everything is also written to `<out>/results.json`.
 
 The last line is machine-readable:
 `text_acc_setdit=<a> text_acc_unet3d=<b> text_acc_triplane=<c> image_acc_best=<d>` followed by
@@ -93,6 +95,7 @@ SAMPLE_STEPS, MESH_RESOLUTION = 25, 64  # guidance: each model's own (its YAML's
 EVAL_POINTS = 512
 
 
+ROUND_TRIP_TIMES, ROUND_TRIP_PER_CLASS = (0.2, 0.5), 2
 CEILING_SHAPES = 240  # training shapes classified against the held-out set by the prompt-accuracy rule
 
 
@@ -426,6 +429,66 @@ def latent_statistics(ae_ckpt: Path, latents: Path, paths: dict, out: Path) -> d
     return cached(out / "latent_stats.json", compute)
 
 
+def round_trip(ckpt: Path, paths: dict, out: Path) -> dict:
+    """What the diffusion model does with real latents: a held-out shape's normalized latent z is noised
+    to time t (x_t = (1 - t) z + t noise, the training path), integrated back to 0 with Euler and the
+    model's guidance for the prompt of its class, decoded, and compared with z's own decoding
+    (occupancy IoU at the uniform queries), ROUND_TRIP_PER_CLASS shapes per class. A model that has
+    learned its latents restores them from small t; at large t it has to generate more of the shape.
+    For a VecSet latent with anchored tokens it is done again with the anchors given (the anchor
+    channels set to the training path's value at every step): the gap between the two is what the
+    model loses on where its tokens are, against what it loses on their features."""
+
+    def compute() -> dict:
+        import numpy as np
+
+        from native3d.data.datamodule import collate, sample_to_tensors
+        from native3d.data.shards import iter_samples
+        from native3d.diffusion import as_denoiser
+        from native3d.diffusion.guidance import cfg_model
+        from native3d.diffusion.samplers import flow_timesteps
+        from native3d.training.diffusion import load_diffusion
+
+        model = load_diffusion(ckpt)
+        autoencoder = model.autoencoder
+        anchored = getattr(autoencoder, "token_positions", False)
+        denoise = as_denoiser(
+            cfg_model(model.backbone, model.hparams.guidance, model.conditioner.null_cond(1)), model.objective
+        )
+        generator = torch.Generator().manual_seed(0)
+        ious: dict[str, list[float]] = {}
+        taken: dict[str, int] = {}
+        with torch.no_grad():
+            for sample in iter_samples(paths["heldout"]):
+                name = sample["meta.json"]["class"]
+                if taken.get(name, 0) == ROUND_TRIP_PER_CLASS:
+                    continue
+                taken[name] = taken.get(name, 0) + 1
+                batch = collate([sample_to_tensors(sample, None, np.random.default_rng(0))])
+                z = autoencoder.normalize_latent(
+                    autoencoder.encode(autoencoder.inputs_from_batch(batch)).mean
+                )
+                uniform = batch["query"][:, : batch["query"].shape[1] // 2, :3]
+                clean = decode_inside(autoencoder, z, uniform)
+                cond = model.conditioner.encode_texts([f"a {name}"])
+                for t0 in ROUND_TRIP_TIMES:
+                    noise = torch.randn(z.shape, generator=generator)
+                    for given in [False, True] if anchored else [False]:
+                        ts = flow_timesteps(max(2, round(SAMPLE_STEPS * t0))) * t0  # t0 .. 0
+                        x = (1 - t0) * z + t0 * noise
+                        for t, t_next in zip(ts[:-1], ts[1:]):
+                            x = x + (t_next - t) * (x - denoise(x, t.expand(1), cond)) / t
+                            if given:
+                                x[..., :3] = ((1 - t_next) * z + t_next * noise)[..., :3]
+                        key = f"round_trip_{t0}" + ("_anchors_given" if given else "")
+                        ious.setdefault(key, []).append(
+                            occupancy_iou(clean, decode_inside(autoencoder, x, uniform))
+                        )
+        return {key: statistics.fmean(values) for key, values in ious.items()}
+
+    return cached(out / "round_trip.json", compute)
+
+
 def channel_std(latents: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """Std per latent channel over every sample and position; `channel_dim` is the autoencoder's
     `latent_channel_dim` (the channel axis of one latent, without the batch axis)."""
@@ -479,6 +542,7 @@ def run_backbone(name: str, paths: dict, out: Path, minutes_ae: float, minutes: 
         "diffusion": train_record(ckpt),
         "ceiling": autoencoder_ceiling(ae_ckpt, latents, paths, out / "eval" / f"{name}-ae"),
         "latent": latent_statistics(ae_ckpt, latents, paths, out / "eval" / f"{name}-ae"),
+        "round_trip": round_trip(ckpt, paths, out / "eval" / f"{name}-text"),
         **summary,
     }
 
@@ -580,6 +644,27 @@ def print_table(
         "of the normalized latents (the noise has 1); IoU@s: occupancy IoU of a held-out shape's decoding "
         "with and without Gaussian noise of std s on its normalized latent"
     )
+    print(
+        "round trip: held-out latents noised to time t and sampled back by the text model, IoU with their own decoding:"
+    )
+    times = [f"t={t}" for t in ROUND_TRIP_TIMES]
+    print(
+        f"{'backbone':9} "
+        + " ".join(f"{t:>7}" for t in times)
+        + " "
+        + " ".join(f"{t + ', anchors given':>21}" for t in times)
+    )
+    for r in results:
+        trip = r.get("round_trip")
+        if r["condition"] != "text" or trip is None:
+            continue
+        given = [trip.get(f"round_trip_{t}_anchors_given") for t in ROUND_TRIP_TIMES]
+        print(
+            f"{r['backbone']:9} "
+            + " ".join(f"{fmt(trip[f'round_trip_{t}']):>7}" for t in ROUND_TRIP_TIMES)
+            + " "
+            + " ".join(f"{fmt(g) if g is not None else '':>21}" for g in given)
+        )
 
 
 def fmt(value: float | None) -> str:
