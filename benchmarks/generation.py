@@ -473,8 +473,8 @@ def round_trip(ckpt: Path, paths: dict, out: Path) -> dict:
                 cond = model.conditioner.encode_texts([f"a {name}"])
                 for t0 in ROUND_TRIP_TIMES:
                     noise = torch.randn(z.shape, generator=generator)
+                    ts = flow_timesteps(max(2, round(SAMPLE_STEPS * t0))) * t0  # t0 .. 0
                     for given in [False, True] if anchored else [False]:
-                        ts = flow_timesteps(max(2, round(SAMPLE_STEPS * t0))) * t0  # t0 .. 0
                         x = (1 - t0) * z + t0 * noise
                         for t, t_next in zip(ts[:-1], ts[1:]):
                             x = x + (t_next - t) * (x - denoise(x, t.expand(1), cond)) / t
