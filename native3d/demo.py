@@ -81,13 +81,13 @@ def diffusion(config: str, minutes: float, *extra: str) -> Training:
 DIFFUSION_STEPS = 4000
 AUTOENCODERS = {
     "vecset": autoencoder(
-        "vecset_tiny.yaml", 5.5, 4000, "--data.surface_points", "512", "--data.query_points", "1024"
+        "vecset_tiny.yaml", 6.0, 4000, "--data.surface_points", "512", "--data.query_points", "1024"
     ),
-    "grid": autoencoder("grid_tiny.yaml", 4.0, 1500, bf16=True),
+    "grid": autoencoder("grid_tiny.yaml", 4.5, 1500, bf16=True),
     "triplane": autoencoder("triplane_tiny.yaml", 3.0, 2500, bf16=True),
 }
 DIFFUSION = {  # model name -> (its training, its autoencoder)
-    "set_dit": (diffusion("set_dit_tiny.yaml", 5.0), "vecset"),
+    "set_dit": (diffusion("set_dit_tiny.yaml", 6.0), "vecset"),
     "unet3d": (diffusion("unet3d_tiny.yaml", 3.0), "grid"),
     "triplane_unet": (diffusion("triplane_unet_tiny.yaml", 2.75), "triplane"),
     "triplane_unet_image": (diffusion("triplane_unet_tiny.yaml", 2.0, "image_tiny.yaml"), "triplane"),

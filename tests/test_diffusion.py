@@ -360,3 +360,47 @@ def test_drop_condition_edge_cases():
     assert torch.equal(everything["pooled"], make_cond(1, seed=9)["pooled"].expand(8, -1))
     with pytest.raises(ValueError):
         drop_condition(cond, 0.5, null_cond={"pooled": torch.zeros(1, 7)})
+
+
+def test_given_entries_stay_clean_in_the_input_and_out_of_the_flow_loss():
+    x0 = torch.randn(64, 5, 3, generator=torch.Generator().manual_seed(0))
+    given = torch.arange(3) < 1  # the first channel of every token
+    seen = []
+
+    def model(x_t, t, cond, bias=0.0):
+        seen.append(x_t)
+        return torch.where(given, bias, x_t)
+
+    objective = RectifiedFlow()
+    loss = objective(model, x0, generator=torch.Generator().manual_seed(1), given=given)
+    assert torch.equal(seen[-1][..., :1], x0[..., :1]), "the model is told the given entries"
+    assert not torch.allclose(seen[-1][..., 1:], x0[..., 1:]), "and not the others"
+    other = objective(
+        lambda x_t, t, c: model(x_t, t, c, bias=100.0),
+        x0,
+        generator=torch.Generator().manual_seed(1),
+        given=given,
+    )
+    assert torch.equal(loss, other), "what the model says about given entries is not scored"
+    full = objective(model, x0, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(loss, full)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_a_flow_sampler_holds_given_entries(name):
+    mu, s = gaussian_data(SHAPES["set"])
+    x_T = torch.randn((BATCH, *SHAPES["set"]), generator=torch.Generator().manual_seed(0))
+    given = torch.arange(3) < 1
+    x_T[..., :1] = 7.0  # values far from the data, so a sampler that moved them would show it
+    out = sample(
+        name,
+        as_denoiser(exact_flow_model(mu, s), RectifiedFlow()),
+        x_T,
+        RectifiedFlow().schedule,
+        8,
+        given=given,
+    )
+    assert torch.equal(out[..., :1], x_T[..., :1])
+    assert torch.allclose(out[..., 1:].mean(0), mu[..., 1:], atol=0.1), "the rest is sampled as before"
+    with pytest.raises(InputError, match="given entries need a flow objective"):
+        sample("ddim", lambda x, t, c: x, x_T[:2], DDPM().schedule, 4, given=given)

@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 from diffusers import DDPMScheduler
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from native3d.nn.modulation import Cond, expand_like
@@ -126,11 +126,21 @@ class RectifiedFlow:
         x0: Float[Tensor, "B ..."],
         cond: Cond | None = None,
         generator: torch.Generator | None = None,
+        given: Bool[Tensor, "..."] | None = None,
     ) -> Float[Tensor, " B"]:
+        """`given` (a mask broadcastable to x0) marks entries the model is told: they stay clean in x_t
+        and out of the loss, so the model learns the rest conditioned on them (`sample(..., given=)`)."""
         t = self.sample_time(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.interpolate(x0, noise, t)
-        return per_sample_mean((model(x_t, t, cond).float() - self.velocity_target(x0, noise).float()) ** 2)
+        error = (
+            model(x_t if given is None else torch.where(given, x0, x_t), t, cond).float()
+            - self.velocity_target(x0, noise).float()
+        ) ** 2
+        if given is None:
+            return per_sample_mean(error)
+        weight = (~given).expand_as(error).float()
+        return (error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)
 
 
 class DDPM:

@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from native3d.diffusion.guidance import cfg_model
@@ -206,9 +206,30 @@ def sample(
     guidance: float = 1.0,
     null_cond: Cond | None = None,
     generator: torch.Generator | None = None,
+    given: Bool[Tensor, "..."] | None = None,
 ) -> Float[Tensor, "B ..."]:
-    """x_0 from the sampler `name` (None: the schedule's default), guided by `guidance` when cond is given."""
+    """x_0 from the sampler `name` (None: the schedule's default), guided by `guidance` when cond is given.
+
+    `given` (a mask broadcastable to x_T) marks entries known in advance, whose values x_T holds: the
+    model sees them clean and the denoised estimate keeps them, so on the straight flow path they stay
+    put (a model trained with `RectifiedFlow(..., given=)`).
+    """
     sampler, _ = SAMPLERS[resolve_sampler(name, schedule)]
     if cond is not None and guidance != 1.0:
         denoise = cfg_model(denoise, guidance, null_cond)
+    if given is not None:
+        if not isinstance(schedule, FlowSchedule):
+            raise InputError(
+                "given entries need a flow objective (RectifiedFlow), whose path holds them fixed"
+            )
+        denoise = _holding(denoise, given, x_T)
     return sampler(denoise, x_T, schedule, steps, cond, generator)
+
+
+def _holding(denoise: Denoiser, given: Tensor, values: Tensor) -> Denoiser:
+    """`denoise` told the `given` entries' `values` and keeping them in its estimate."""
+
+    def held(x: Tensor, t: Tensor, cond: Cond | None) -> Tensor:
+        return torch.where(given, values, denoise(torch.where(given, values, x), t, cond))
+
+    return held

@@ -10,6 +10,14 @@ guidance (Ho & Salimans 2022). Sampling takes a sampler by name (`sampler: heun`
 euler for rectified flow, dpm++ for DDPM; see `native3d.diffusion.samplers`). The frozen autoencoder's weights travel in the checkpoint, so a
 diffusion checkpoint samples meshes on its own; a frozen text encoder is re-loaded by name.
 `compile: true` compiles the backbone (`torch.compile`, in place, so checkpoint keys do not change).
+
+`structure` makes sampling two-stage for an anchored VecSet latent (TRELLIS, Xiang et al. 2025,
+sec. 3.3; `native3d.geometry.structure`): this second backbone, a 3-D U-Net, learns the occupancy
+grid of the anchors (`structure_resolution`^3) with the same objective and condition, and the main
+backbone learns the token features with the anchors given. Sampling draws a grid, anchors in its
+occupied cells, then the features. A set model that draws anchors and features together has to place
+a few points on a chair's legs from noise; given where they are, the features carry the class
+(docs/results.md, "Where SetDiT loses now").
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from native3d.diffusion import (
     sample,
 )
 from native3d.errors import InputError
+from native3d.geometry.structure import anchor_occupancy, anchors_in_cells, fold_cells, unfold_cells
 from native3d.nn.modulation import Cond
 from native3d.training.checks import check_finite
 from native3d.training.ema import WarmupEMA
@@ -65,6 +74,9 @@ class LatentDiffusion(L.LightningModule):
         autoencoder_config: dict | None = None,
         latent_shape: list[int] | None = None,
         compile: bool = False,
+        structure: nn.Module | None = None,
+        structure_resolution: int = 16,
+        structure_patch: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -75,9 +87,15 @@ class LatentDiffusion(L.LightningModule):
         self.hparams["autoencoder_config"] = config  # lets the checkpoint rebuild it without the file
         self.sampler = resolve_sampler(sampler, self.objective.schedule)  # euler for flow, dpm++ for DDPM
         check_backbone(self.backbone, self.latent_shape)
+        self.structure = structure
+        if structure is not None:
+            check_structure(self.autoencoder, self.objective, structure_resolution, structure_patch)
+            check_backbone(structure, self.structure_shape)
         self._val_count = 0
         if compile:
-            self.backbone.compile()  # in place and lazy: it compiles at the first forward
+            for module in (self.backbone, self.structure):
+                if module is not None:
+                    module.compile()  # in place and lazy: it compiles at the first forward
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -96,6 +114,16 @@ class LatentDiffusion(L.LightningModule):
                 )
             check_backbone(self.backbone, shape)
             self.hparams["latent_shape"] = list(shape)  # sampling draws latents of the trained shape
+
+    @property
+    def structure_shape(self) -> tuple[int, ...]:
+        """The structure grid as its backbone sees it: (patch^3, R / patch, R / patch, R / patch)."""
+        R, patch = self.hparams.structure_resolution, self.hparams.structure_patch
+        return (patch**3, *[R // patch] * 3)
+
+    def anchors_given(self, like: Tensor) -> Tensor:
+        """The mask of a set latent's anchor channels (the first 3), broadcastable to `like` (B, M, C)."""
+        return torch.arange(like.shape[-1], device=like.device) < 3
 
     @property
     def conditional(self) -> bool:
@@ -119,7 +147,17 @@ class LatentDiffusion(L.LightningModule):
         train = stage == "train"
         x0 = self.latents(batch, sample=train)
         cond = self.condition(batch, self.hparams.cond_dropout if train else 0.0)
-        loss = self.objective(self.backbone, x0, cond).mean()
+        if self.structure is None:
+            loss = self.objective(self.backbone, x0, cond).mean()
+        else:
+            anchors = self.autoencoder.denormalize_latent(x0)[..., :3]  # (B, M, 3)
+            grid = anchor_occupancy(anchors, self.hparams.structure_resolution)  # (B, 1, R, R, R)
+            grid = fold_cells(grid, self.hparams.structure_patch)  # (B, patch^3, R / patch, ...)
+            structure_loss = self.objective(self.structure, grid, cond).mean()
+            self.log(f"{stage}/structure_loss", structure_loss, batch_size=len(x0), sync_dist=not train)
+            loss = (
+                self.objective(self.backbone, x0, cond, given=self.anchors_given(x0)).mean() + structure_loss
+            )
         check_finite(loss, batch["id"], stage, self.global_step)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(x0), sync_dist=not train)
         return loss
@@ -169,19 +207,32 @@ class LatentDiffusion(L.LightningModule):
         `steps`, `guidance` and `sampler` default to the model's own (`sample_steps`, `guidance`,
         `sampler`); a sampler that does not fit the objective is an `InputError`.
         """
+
+        def run(backbone: nn.Module, noise: Tensor, given: Tensor | None = None) -> Tensor:
+            return sample(
+                sampler or self.sampler,
+                as_denoiser(backbone, self.objective),
+                noise,
+                self.objective.schedule,
+                steps or self.hparams.sample_steps,
+                cond,
+                self.hparams.guidance if guidance is None else guidance,
+                self.conditioner.null_cond(num) if cond is not None else None,
+                generator,
+                given,
+            )
+
         noise = torch.randn((num, *self.latent_shape), generator=generator, device=self.device)
-        latents = sample(
-            sampler or self.sampler,
-            as_denoiser(self.backbone, self.objective),
-            noise,
-            self.objective.schedule,
-            steps or self.hparams.sample_steps,
-            cond,
-            self.hparams.guidance if guidance is None else guidance,
-            self.conditioner.null_cond(num) if cond is not None else None,
-            generator,
+        if self.structure is None:
+            return self.autoencoder.denormalize_latent(run(self.backbone, noise))
+        grid = run(
+            self.structure, torch.randn((num, *self.structure_shape), generator=generator, device=self.device)
         )
-        return self.autoencoder.denormalize_latent(latents)
+        grid = unfold_cells(grid, self.hparams.structure_patch)  # (num, 1, R, R, R)
+        anchors = anchors_in_cells(grid, self.latent_shape[0], generator)  # (num, M, 3)
+        placed = torch.cat([anchors, torch.zeros_like(noise[..., 3:])], -1)
+        noise[..., :3] = self.autoencoder.normalize_latent(placed)[..., :3]
+        return self.autoencoder.denormalize_latent(run(self.backbone, noise, self.anchors_given(noise)))
 
     def configure_callbacks(self) -> list[L.Callback]:
         """EMA of the weights with warm-up (validated on, saved in `state_dict`, so sampling uses it)."""
@@ -234,6 +285,25 @@ def check_backbone(backbone: nn.Module, latent_shape: tuple[int, ...]) -> None:
         ) from error
     if out.shape != x.shape:
         raise ValueError(f"{type(backbone).__name__} maps latents {tuple(x.shape)} to {tuple(out.shape)}")
+
+
+def check_structure(
+    autoencoder: LatentAutoencoder, objective: RectifiedFlow | DDPM, resolution: int, patch: int
+) -> None:
+    """A structure stage needs anchored tokens to place, a flow path that holds them, and a grid
+    that folds into whole blocks."""
+    if resolution % patch:
+        raise ValueError(f"structure_resolution {resolution} is not a multiple of structure_patch {patch}")
+    if not getattr(autoencoder, "token_positions", False):
+        raise ValueError(
+            f"a structure stage places anchored tokens; {type(autoencoder).__name__} has none "
+            "(VecSetVAE(token_positions=True) has)"
+        )
+    if not isinstance(objective, RectifiedFlow):
+        raise ValueError(
+            f"a structure stage samples the features with the anchors held, which needs RectifiedFlow, "
+            f"not {type(objective).__name__}"
+        )
 
 
 def load_frozen_autoencoder(ckpt: str, config: dict | None) -> tuple[LatentAutoencoder, dict]:
