@@ -24,6 +24,10 @@ from native3d.autoencoders.fps import farthest_point_sample
 
 # Points drawn in the occupied cells before farthest-point sampling picks the anchors among them.
 CANDIDATES_PER_ANCHOR = 32
+# A sampled cell counts as occupied above this value (training grids are -1 or +1). Farthest-point
+# sampling seeks outliers, so every stray cell a half-trained model leaves near 0 would take an anchor
+# and the decoder would fill the space around it: between a table's legs, a box (docs/results.md).
+OCCUPIED = 0.5
 
 
 def anchor_occupancy(anchors: Float[Tensor, "B M 3"], resolution: int) -> Float[Tensor, "B 1 R R R"]:
@@ -40,12 +44,12 @@ def anchor_occupancy(anchors: Float[Tensor, "B M 3"], resolution: int) -> Float[
 def anchors_in_cells(
     grid: Float[Tensor, "B 1 R R R"], count: int, generator: torch.Generator | None = None
 ) -> Float[Tensor, "B M 3"]:
-    """`count` anchors per grid: farthest-point sampled from points uniform in the cells above 0 (in
-    the highest cell where none is), in [-1, 1]^3."""
+    """`count` anchors per grid: farthest-point sampled from points uniform in the cells above
+    `OCCUPIED` (in the highest cell where none is), in [-1, 1]^3."""
     R = grid.shape[-1]
     anchors = []
     for values in grid[:, 0]:  # (R, R, R)
-        cells = (values > 0).nonzero()  # (K, 3)
+        cells = (values > OCCUPIED).nonzero()  # (K, 3)
         if len(cells) == 0:
             cells = (values == values.max()).nonzero()[:1]
         candidates = count * CANDIDATES_PER_ANCHOR
