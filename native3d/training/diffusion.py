@@ -16,7 +16,7 @@ sec. 3.3; `native3d.geometry.structure`): this second backbone, a 3-D U-Net, lea
 grid of the anchors (`structure_resolution`^3) with the same objective and condition, and the main
 backbone learns the token features with the anchors given. Sampling draws a grid, anchors in its
 occupied cells, then the features. A set model that draws anchors and features together has to place
-a few points on a chair's legs from noise; given where they are, the features carry the class
+a few points on a chair's legs from noise; given where they are, SetDiT samples the asked class
 (docs/results.md, "Where SetDiT loses now").
 """
 
